@@ -1,0 +1,66 @@
+"""Run settings: the one place that reads the course's environment variables.
+
+``LOWRANK_PROFILE`` picks the experiment sizes; ``LOWRANK_BACKBONE`` and ``LOWRANK_DATASET``
+pick the model and data (``embedded`` by default: offline; e.g. ``distilbert-base-uncased``
+and ``imdb`` with the hub).
+
+``quick`` sizes every experiment for tests and a live class (a notebook in a few minutes on
+a 2-core CPU); ``full`` is for self-study and for the outputs committed with the notebooks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+ENV_VAR = "LOWRANK_PROFILE"
+BACKBONE_VAR = "LOWRANK_BACKBONE"
+DATASET_VAR = "LOWRANK_DATASET"
+DEFAULT = "full"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes shared by the notebooks; every experiment reads its budget from here."""
+
+    name: str
+    train_size: int
+    eval_size: int
+    epochs: int
+    batch_size: int
+    max_length: int
+    probe_steps: int  # short fine-tunes used for illustration (notebook 01's update spectrum)
+    analysis_steps: int  # steps per method in the magnitude/direction study (notebook 04)
+
+
+PROFILES = {
+    "quick": Profile("quick", train_size=512, eval_size=256, epochs=1, batch_size=32, max_length=64,
+                     probe_steps=8, analysis_steps=16),
+    "full": Profile("full", train_size=8000, eval_size=1000, epochs=2, batch_size=32, max_length=64,
+                    probe_steps=60, analysis_steps=240),
+}
+
+
+def current_profile() -> Profile:
+    """The profile named by ``$LOWRANK_PROFILE`` (``quick`` or ``full``; default ``full``)."""
+    name = os.environ.get(ENV_VAR, DEFAULT).strip().lower() or DEFAULT
+    if name not in PROFILES:
+        raise ValueError(f"{ENV_VAR}={name!r} is not a profile; use one of {sorted(PROFILES)}")
+    return PROFILES[name]
+
+
+def backbone_name() -> str:
+    """``$LOWRANK_BACKBONE``, default ``embedded`` (offline all-MiniLM-L6-v2 as DistilBERT)."""
+    return os.environ.get(BACKBONE_VAR, "").strip() or "embedded"
+
+
+def dataset_name() -> str:
+    """``$LOWRANK_DATASET``, default ``embedded`` (offline tweets); ``imdb`` needs the hub."""
+    return os.environ.get(DATASET_VAR, "").strip() or "embedded"
+
+
+def default_device() -> torch.device:
+    """The first CUDA device if there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,196 @@
+"""Tokenise, batch, train with a progress bar, evaluate, and snapshot weights on the way."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+Snapshot = Callable[[nn.Module], dict[str, torch.Tensor]]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and GPU)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def tokenize(data: DatasetDict | Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int = 64):
+    """Add ``input_ids``/``attention_mask`` (truncated, unpadded) to every split; keep ``label``."""
+
+    def encode(batch: dict) -> dict:
+        encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    return data.map(encode, batched=True, desc="tokenizing")
+
+
+def _collate(rows: list[dict], device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.as_tensor(r["input_ids"])
+        mask[i, :n] = 1
+    labels = torch.as_tensor([r["label"] for r in rows])
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def batches(
+    data: Dataset, batch_size: int, shuffle: bool, seed: int = 0, device: torch.device | str = "cpu"
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Dynamically padded batches (``input_ids``, ``attention_mask``, ``labels``).
+
+    Unshuffled batches are sorted by length, which wastes less compute on padding.
+    """
+    rows = data.select_columns(["input_ids", "label"]).to_list()
+    if shuffle:
+        order = list(range(len(rows)))
+        random.Random(seed).shuffle(order)
+    else:
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        yield _collate([rows[i] for i in order[start:start + batch_size]], torch.device(device))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Dataset, batch_size: int = 128) -> torch.Tensor:
+    """Logits for every row of a tokenised split, in the split's order."""
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    lengths = [len(x) for x in data["input_ids"]]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    out: list[torch.Tensor] = []
+    for batch in batches(data, batch_size, shuffle=False, device=device):
+        batch.pop("labels")
+        out.append(model(**batch).logits.float().cpu())
+    model.train(was_training)
+    logits = torch.cat(out)
+    restored = torch.empty_like(logits)
+    restored[torch.as_tensor(order)] = logits
+    return restored
+
+
+def accuracy(model: nn.Module, data: Dataset, batch_size: int = 128) -> float:
+    """Fraction of rows of a tokenised split whose argmax logit equals ``label``."""
+    predictions = predict(model, data, batch_size).argmax(-1)
+    return (predictions == torch.as_tensor(data["label"])).float().mean().item()
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` saw: losses, evaluations, snapshots and timing."""
+
+    losses: list[float] = field(default_factory=list)
+    evaluations: list[tuple[int, float]] = field(default_factory=list)
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    step_seconds: list[float] = field(default_factory=list)
+    steps: int = 0
+    interrupted: bool = False
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Median wall time of a training step, the first (warm-up) step excluded."""
+        times = self.step_seconds[1:] or self.step_seconds
+        return statistics.median(times) if times else math.nan
+
+
+def train(
+    model: nn.Module,
+    train_data: Dataset,
+    eval_data: Dataset | None = None,
+    *,
+    epochs: int = 1,
+    max_steps: int | None = None,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    warmup_fraction: float = 0.06,
+    seed: int = 0,
+    eval_every: int | None = None,
+    snapshot_steps: Sequence[int] = (),
+    snapshot: Snapshot | None = None,
+    progress: bool = True,
+    description: str = "training",
+) -> TrainResult:
+    """Fine-tune the trainable parameters of ``model`` with AdamW and a linear schedule.
+
+    Args:
+        train_data / eval_data: tokenised splits (see :func:`tokenize`).
+        epochs / max_steps: passes over ``train_data``; ``max_steps`` stops earlier.
+        eval_every: evaluate on ``eval_data`` every so many steps (and always at the end).
+        snapshot_steps / snapshot: after each listed step (0 = before training),
+            store ``snapshot(model)`` in ``result.snapshots[step]``.
+        progress: show a tqdm bar with the running loss.
+
+    Ctrl-C (``KeyboardInterrupt``) stops training cleanly and returns what was done so far,
+    with ``result.interrupted`` set, so a long run in a notebook is never lost.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if snapshot_steps and snapshot is None:
+        raise ValueError("snapshot_steps given without a snapshot function")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters: add adapters or unfreeze something")
+    seed_everything(seed)
+    steps_per_epoch = math.ceil(len(train_data) / batch_size)
+    total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
+    warmup = int(warmup_fraction * total)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+    )
+    device = model_device(model)
+    wanted = set(snapshot_steps)
+    result = TrainResult()
+    if 0 in wanted and snapshot is not None:
+        result.snapshots[0] = snapshot(model)
+    model.train()
+    bar = tqdm(total=total, desc=description, disable=not progress, leave=True)
+    try:
+        for epoch in range(epochs):
+            for batch in batches(train_data, batch_size, shuffle=True, seed=seed + epoch, device=device):
+                if result.steps >= total:
+                    break
+                start = time.perf_counter()
+                loss = model(**batch).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                result.step_seconds.append(time.perf_counter() - start)
+                result.steps += 1
+                result.losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(loss=f"{statistics.fmean(result.losses[-20:]):.3f}")
+                if result.steps in wanted and snapshot is not None:
+                    result.snapshots[result.steps] = snapshot(model)
+                if eval_data is not None and eval_every and result.steps % eval_every == 0 and result.steps < total:
+                    result.evaluations.append((result.steps, accuracy(model, eval_data)))
+                    model.train()
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        bar.close()
+        model.eval()
+    if eval_data is not None:
+        result.evaluations.append((result.steps, accuracy(model, eval_data)))
+    return result

@@ -1,0 +1,128 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowrank import DoRALinear, LoRALinear
+
+
+def randomize(layer: LoRALinear, seed: int = 0) -> LoRALinear:
+    """Give B (and the magnitude) non-trivial values, as after some training."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator))
+        if isinstance(layer, DoRALinear):
+            layer.magnitude.mul_(1 + 0.1 * torch.randn(layer.magnitude.shape, generator=generator))
+    return layer
+
+
+@pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
+@pytest.mark.parametrize("bias", [True, False])
+def test_shapes_init_and_identity_at_start(cls, bias):
+    torch.manual_seed(0)
+    base = nn.Linear(12, 20, bias=bias)
+    layer = cls(base, rank=4, alpha=8)
+    assert layer.lora_A.shape == (4, 12) and layer.lora_B.shape == (20, 4)
+    assert torch.count_nonzero(layer.lora_B) == 0 and torch.count_nonzero(layer.lora_A) > 0
+    assert layer.scaling == 2.0
+    assert not base.weight.requires_grad
+    x = torch.randn(5, 3, 12)
+    torch.testing.assert_close(layer(x), base(x), atol=1e-6, rtol=0)
+    if cls is DoRALinear:
+        assert layer.magnitude.shape == (20,)
+        torch.testing.assert_close(layer.magnitude, base.weight.norm(dim=1))
+
+
+@pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
+def test_merged_weight_gives_forward(cls):
+    torch.manual_seed(0)
+    layer = randomize(cls(nn.Linear(12, 20), rank=3, alpha=5)).eval()
+    x = torch.randn(4, 12)
+    expected = F.linear(x, layer.merged_weight(), layer.base.bias)
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer.merged_weight(), layer.base.weight + layer.delta_weight())
+
+
+def test_lora_update_is_alpha_over_rank_times_BA():
+    layer = randomize(LoRALinear(nn.Linear(6, 6), rank=2, alpha=10))
+    torch.testing.assert_close(layer.delta_weight(), 5.0 * layer.lora_B @ layer.lora_A)
+
+
+def test_dora_rows_have_norm_magnitude_and_norm_is_per_output_row():
+    layer = randomize(DoRALinear(nn.Linear(7, 7), rank=2, alpha=4))
+    merged = layer.merged_weight()
+    torch.testing.assert_close(merged.norm(dim=1), layer.magnitude.abs())
+    direction = layer.base.weight + layer.low_rank_update()
+    torch.testing.assert_close(layer.direction_norm(), direction.norm(dim=1))
+
+
+def test_dora_detached_norm_gradients_match_the_direct_formula():
+    torch.manual_seed(0)
+    fast = randomize(DoRALinear(nn.Linear(10, 8), rank=2, alpha=4)).train()
+    direct = copy.deepcopy(fast)
+    x = torch.randn(5, 10)
+    fast(x).square().sum().backward()
+    direction = direct.base.weight + direct.low_rank_update()
+    weight = direct.magnitude[:, None] * direction / direction.norm(dim=1, keepdim=True).detach()
+    F.linear(x, weight, direct.base.bias).square().sum().backward()
+    for name in ("lora_A", "lora_B", "magnitude"):
+        torch.testing.assert_close(getattr(fast, name).grad, getattr(direct, name).grad, atol=1e-5, rtol=1e-4)
+
+
+def test_dora_without_detach_backpropagates_through_the_norm():
+    torch.manual_seed(0)
+    full = randomize(DoRALinear(nn.Linear(10, 8), rank=2, alpha=4, detach_norm=False)).train()
+    direct = copy.deepcopy(full)
+    x = torch.randn(5, 10)
+    full(x).square().sum().backward()
+    F.linear(x, direct.merged_weight(), direct.base.bias).square().sum().backward()
+    torch.testing.assert_close(full.lora_A.grad, direct.lora_A.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_dora_eval_cache_follows_weight_changes():
+    layer = randomize(DoRALinear(nn.Linear(6, 5), rank=2, alpha=2)).eval()
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        layer(x)
+        layer.lora_B.add_(1.0)
+        expected = F.linear(x, layer.merged_weight(), layer.base.bias)
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_acts_on_the_lora_branch_only():
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(8, 8), rank=2, alpha=2, dropout=0.5).train()
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(layer(x), layer.base(x))  # B = 0: the branch adds nothing
+    randomize(layer)
+    assert not torch.allclose(layer(x), layer(x))  # stochastic while training
+    layer.eval()
+    torch.testing.assert_close(layer(x), layer(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"rank": 0}, ValueError, "rank must be a positive integer"),
+        ({"rank": -2}, ValueError, "rank must be a positive integer"),
+        ({"rank": 2.5}, TypeError, "rank must be an int"),
+        ({"rank": 50}, ValueError, "exceeds min"),
+        ({"alpha": 0}, ValueError, "alpha must be a positive"),
+        ({"alpha": -1.0}, ValueError, "alpha must be a positive"),
+        ({"alpha": float("nan")}, ValueError, "alpha must be a positive"),
+        ({"dropout": 1.0}, ValueError, r"dropout must be in \[0, 1\)"),
+        ({"dropout": -0.1}, ValueError, r"dropout must be in \[0, 1\)"),
+    ],
+)
+@pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
+def test_bad_arguments_raise_clear_errors(cls, kwargs, error, message):
+    arguments = {"rank": 2, "alpha": 4.0, "dropout": 0.0, **kwargs}
+    with pytest.raises(error, match=message):
+        cls(nn.Linear(8, 8), **arguments)
+
+
+def test_base_must_be_linear():
+    with pytest.raises(TypeError, match="must be a torch.nn.Linear"):
+        LoRALinear(nn.Conv1d(3, 3, 1), rank=1, alpha=1)
