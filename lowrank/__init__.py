@@ -6,6 +6,7 @@ from lowrank.adapters import (
     adapter_layers,
     add_adapters,
     count_parameters,
+    freeze_all_but_head,
     merge_adapters,
     targets_from_toggles,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "adapter_layers",
     "add_adapters",
     "count_parameters",
+    "freeze_all_but_head",
     "load_backbone",
     "merge_adapters",
     "targets_from_toggles",

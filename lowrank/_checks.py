@@ -18,11 +18,6 @@ def check_adapter_args(base: object, rank: object, alpha: object, dropout: objec
         raise TypeError(f"rank must be an int, got {type(rank).__name__} ({rank!r})")
     if rank <= 0:
         raise ValueError(f"rank must be a positive integer, got {rank}")
-    if rank > min(base.in_features, base.out_features):
-        raise ValueError(
-            f"rank {rank} exceeds min(in_features, out_features) = "
-            f"{min(base.in_features, base.out_features)} of this layer: the update could not be low rank"
-        )
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise TypeError(f"alpha must be a number, got {type(alpha).__name__} ({alpha!r})")
     if not math.isfinite(alpha) or alpha <= 0:

@@ -69,6 +69,19 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+def freeze_all_but_head(model: nn.Module, head: Sequence[str] = DISTILBERT_HEAD) -> nn.Module:
+    """Freeze every parameter except those of the top-level modules named in ``head``.
+
+    On its own this is the "head only" baseline (a linear probe with one hidden layer).
+    """
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for name in head:
+        if hasattr(model, name):
+            getattr(model, name).requires_grad_(True)
+    return model
+
+
 def add_adapters(
     model: nn.Module,
     targets: Sequence[str],
@@ -117,12 +130,7 @@ def add_adapters(
                 )
             chosen.append(name)
     adapter_class = _ADAPTER_CLASSES[method]
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    for head_name in trainable_head:
-        if head_name in modules:
-            for parameter in modules[head_name].parameters():
-                parameter.requires_grad_(True)
+    freeze_all_but_head(model, trainable_head)
     for name in dict.fromkeys(chosen):
         base = modules[name]
         assert isinstance(base, nn.Linear)

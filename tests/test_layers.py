@@ -108,7 +108,6 @@ def test_dropout_acts_on_the_lora_branch_only():
         ({"rank": 0}, ValueError, "rank must be a positive integer"),
         ({"rank": -2}, ValueError, "rank must be a positive integer"),
         ({"rank": 2.5}, TypeError, "rank must be an int"),
-        ({"rank": 50}, ValueError, "exceeds min"),
         ({"alpha": 0}, ValueError, "alpha must be a positive"),
         ({"alpha": -1.0}, ValueError, "alpha must be a positive"),
         ({"alpha": float("nan")}, ValueError, "alpha must be a positive"),

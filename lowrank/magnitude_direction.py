@@ -1,0 +1,156 @@
+"""The DoRA paper's weight-change analysis: magnitude change ΔM versus direction change ΔD.
+
+For a weight ``W_t`` (merged, ``[out, in]``) and its pretrained ``W_0`` the paper's eq. 3-4,
+with its "columns" being output features = rows of ``nn.Linear.weight``:
+
+    ΔM = mean_n | ||W_t[n]|| - ||W_0[n]|| |,      ΔD = mean_n (1 - cos(W_t[n], W_0[n])).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from lowrank.lora import LoRALinear
+
+
+def magnitude_direction_change(weight: torch.Tensor, pretrained: torch.Tensor) -> tuple[float, float]:
+    """``(ΔM, ΔD)`` of ``weight`` against ``pretrained``, both ``[out, in]``, over output rows."""
+    if weight.shape != pretrained.shape or weight.dim() != 2:
+        raise ValueError(f"need two [out, in] matrices of one shape, got {tuple(weight.shape)} and {tuple(pretrained.shape)}")
+    w, w0 = weight.detach().double(), pretrained.detach().double()
+    delta_m = (w.norm(dim=1) - w0.norm(dim=1)).abs().mean().item()
+    delta_d = (1 - torch.nn.functional.cosine_similarity(w, w0, dim=1)).mean().item()
+    return delta_m, delta_d
+
+
+def merged_linear_weights(model: nn.Module, pattern: str) -> dict[str, torch.Tensor]:
+    """Detached CPU copies of the effective weight of every linear layer whose name matches.
+
+    ``pattern`` is a regular expression searched in each qualified module name (e.g.
+    ``r"\\.q_lin$"``); adapter layers give their ``merged_weight()``, plain layers their weight.
+    """
+    regex = re.compile(pattern)
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not regex.search(name):
+                continue
+            if isinstance(module, LoRALinear):
+                out[name] = module.merged_weight().detach().float().cpu().clone()
+            elif isinstance(module, nn.Linear) and not _inside_adapter(model, name):
+                out[name] = module.weight.detach().float().cpu().clone()
+    return out
+
+
+def _inside_adapter(model: nn.Module, name: str) -> bool:
+    parts = name.split(".")
+    return any(isinstance(model.get_submodule(".".join(parts[:i])), LoRALinear) for i in range(1, len(parts)))
+
+
+def layer_index(name: str) -> int | None:
+    """The transformer block number in a module name (``...layer.3.attention.q_lin`` → 3)."""
+    found = re.search(r"\.(?:layer|layers|h|block)\.(\d+)\.", "." + name + ".")
+    return int(found.group(1)) if found else None
+
+
+@dataclass(frozen=True)
+class ChangePoint:
+    """One (ΔD, ΔM) point: a module of one run at one training step."""
+
+    method: str
+    module: str
+    layer: int | None
+    step: int
+    delta_m: float
+    delta_d: float
+
+
+def change_points(
+    method: str,
+    snapshots: Mapping[int, Mapping[str, torch.Tensor]],
+    pretrained: Mapping[str, torch.Tensor],
+) -> list[ChangePoint]:
+    """ΔM/ΔD of every snapshotted module at every step against its pretrained weight."""
+    points = []
+    for step in sorted(snapshots):
+        for module, weight in snapshots[step].items():
+            if module not in pretrained:
+                raise ValueError(f"module {module!r} of step {step} has no pretrained weight")
+            delta_m, delta_d = magnitude_direction_change(weight, pretrained[module])
+            points.append(ChangePoint(method, module, layer_index(module), step, delta_m, delta_d))
+    return points
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation coefficient (nan for fewer than 3 points or no spread)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def bootstrap_interval(
+    x: Sequence[float], y: Sequence[float], samples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the Pearson correlation, resampling points."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(samples):
+        index = rng.integers(0, len(x), len(x))
+        value = pearson(x[index], y[index])
+        if not np.isnan(value):
+            values.append(value)
+    if not values:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def plot_change_points(points: Sequence[ChangePoint], ax=None, title: str | None = None):
+    """Scatter ΔD (x) against ΔM (y): a colour per layer, a marker per step, a fitted line.
+
+    The title gives the Pearson correlation, as in the DoRA paper's Figure 2.
+    """
+    import matplotlib.pyplot as plt
+
+    if not points:
+        raise ValueError("no points to plot")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 4))
+    layers = sorted({p.layer if p.layer is not None else -1 for p in points})
+    steps = sorted({p.step for p in points})
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
+    colours = plt.get_cmap("tab10")
+    for point in points:
+        layer = point.layer if point.layer is not None else -1
+        ax.scatter(point.delta_d, point.delta_m, color=colours(layers.index(layer) % 10),
+                   marker=markers[steps.index(point.step) % len(markers)], s=36, edgecolors="black", linewidths=0.4)
+    x = np.array([p.delta_d for p in points])
+    y = np.array([p.delta_m for p in points])
+    r = pearson(x, y)
+    if not np.isnan(r):
+        slope, intercept = np.polyfit(x, y, 1)
+        grid = np.linspace(x.min(), x.max(), 50)
+        ax.plot(grid, slope * grid + intercept, color="black", linewidth=1, linestyle="--")
+    ax.set_xlabel("ΔD (direction change)")
+    ax.set_ylabel("ΔM (magnitude change)")
+    ax.ticklabel_format(style="sci", scilimits=(-2, 3))
+    ax.set_title(f"{title or points[0].method}: r = {r:.2f}")
+    handles = [plt.Line2D([], [], color=colours(i % 10), marker="o", linestyle="", label=f"layer {l}")
+               for i, l in enumerate(layers) if l >= 0]
+    handles += [plt.Line2D([], [], color="grey", marker=markers[i % len(markers)], linestyle="", label=f"step {s}")
+                for i, s in enumerate(steps)]
+    return ax, handles
+
+
+def points_as_rows(points: Iterable[ChangePoint]) -> list[dict]:
+    """Plain dictionaries (for CSV writing or a table)."""
+    return [asdict(p) for p in points]

@@ -1,0 +1,374 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 — LoRA from scratch
+#
+# Low-Rank Adaptation (Hu et al., 2021, [arXiv:2106.09685](https://arxiv.org/abs/2106.09685)) fine-tunes a
+# pretrained network by *freezing* every weight matrix `W` and learning a small update `ΔW = (α/r)·B·A`
+# of rank at most `r`. This notebook builds it in front of you and checks each claim by running it:
+#
+# 1. why a low-rank update is enough (the spectrum of a real fine-tuning update);
+# 2. the formula with PyTorch's axes, which factor starts at zero, why `α/r`, where dropout goes;
+# 3. a `LoRALinear` layer built step by step, checked against `lowrank.LoRALinear`;
+# 4. parameter counts; merging for inference at no extra cost;
+# 5. the mistakes of the article this course grew out of, each run to show what goes wrong.
+#
+# **Runtime on a 2-core laptop CPU:** about 1 minute (`LOWRANK_PROFILE=quick`), about 2 minutes (`full`).
+
+# %%
+import copy
+import time
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lowrank
+from lowrank.profile import backbone_name, current_profile, dataset_name
+from lowrank.training import seed_everything
+
+profile = current_profile()
+torch.set_num_threads(max(1, torch.get_num_threads()))
+seed_everything(0)
+print(f"profile: {profile.name}; backbone: {backbone_name()}; data: {dataset_name()}")
+
+# %% [markdown]
+# ## 1. Why a low-rank update is enough
+#
+# A pretrained weight matrix is *not* low rank: its singular values decay slowly. The claim of LoRA
+# is about the **update** a fine-tune makes: most of its energy sits in a few directions. Let us check that
+# on the course's backbone (a DistilBERT-architecture model; notebook 02 says what it is).
+# We fine-tune all weights for a few steps, then compare the singular values of the update `ΔW = W_t − W_0`
+# of each attention query matrix with those of `W_0` itself and of a random matrix of the same shape.
+
+# %%
+from lowrank.data import load_sentiment
+from lowrank.training import tokenize, train
+
+model, tokenizer = lowrank.load_backbone(backbone_name())
+data = tokenize(load_sentiment(dataset_name(), train_size=profile.train_size, eval_size=profile.eval_size), tokenizer,
+                profile.max_length)
+queries = [name for name, _ in model.named_modules() if name.endswith("q_lin")]
+pretrained = {name: model.get_submodule(name).weight.detach().clone() for name in queries}
+probe = copy.deepcopy(model)
+probe_run = train(probe, data["train"], max_steps=profile.probe_steps, lr=5e-5, seed=0, description="full fine-tune probe")
+updates = {name: probe.get_submodule(name).weight.detach() - pretrained[name] for name in queries}
+print(f"{profile.probe_steps} steps of full fine-tuning, loss {probe_run.losses[0]:.3f} -> {probe_run.losses[-1]:.3f}")
+
+
+# %%
+def energy_captured(matrix: torch.Tensor) -> torch.Tensor:
+    """Fraction of ||M||_F^2 kept by the best rank-r approximation, for r = 1 .. min(shape)."""
+    singular = torch.linalg.svdvals(matrix.double())
+    return (singular.square().cumsum(0) / singular.square().sum()).float()
+
+
+ranks = torch.arange(1, min(pretrained[queries[0]].shape) + 1)
+curves = {
+    "update ΔW (fine-tune)": torch.stack([energy_captured(updates[n]) for n in queries]).mean(0),
+    "pretrained W": torch.stack([energy_captured(pretrained[n]) for n in queries]).mean(0),
+    "random Gaussian": energy_captured(torch.randn_like(pretrained[queries[0]])),
+}
+for label, curve in curves.items():
+    print(f"{label:>22}: rank 8 keeps {curve[7]:.0%}, rank 32 keeps {curve[31]:.0%} of the energy")
+
+fig, ax = plt.subplots(figsize=(6, 3.6))
+for label, curve in curves.items():
+    ax.plot(ranks, curve, label=label)
+ax.axvline(8, color="grey", linestyle=":", label="r = 8")
+ax.set_xscale("log")
+ax.set_xlabel("rank r of the approximation")
+ax.set_ylabel("fraction of ||·||²_F kept")
+ax.set_title("Query matrices, mean over layers")
+ax.legend()
+fig.tight_layout()
+fig.savefig("../figures/01_update_spectrum.png", dpi=120)
+plt.show()
+
+# %% [markdown]
+# Read the three curves at `r = 8`. The pretrained matrix and the random one need most of their ranks
+# to be reproduced; the fine-tuning update is concentrated in far fewer directions. (How concentrated
+# depends on the run: a few steps of AdamW produce a noisy update; the printed numbers above are what
+# this run measured.) LoRA bets that a rank-`r` update is enough — and then learns it directly instead of
+# learning a full `ΔW` and compressing it.
+#
+# ## 2. The formula, with PyTorch's axes
+#
+# `nn.Linear` stores `weight` as `[out_features, in_features]` and computes `y = x @ W.T + b`.
+# LoRA replaces `W` by
+#
+# $$W' = W + \frac{\alpha}{r}\, B A, \qquad A \in \mathbb{R}^{r \times \text{in}},\quad B \in \mathbb{R}^{\text{out} \times r}.$$
+#
+# * **One factor starts at zero** so that `W' = W` at step 0: training starts *exactly* at the pretrained
+#   model. The paper and PEFT zero `B`, the factor applied last, and draw `A` at random (PEFT: Kaiming-uniform).
+#   Then `B` receives a gradient at step 0 (`∂L/∂B = (α/r)·(∂L/∂y)ᵀ·(A x)`, and `A x ≠ 0`) while `A` does not yet.
+# * **`α/r`, not `α`**: see section 3, measured.
+# * **Dropout** acts on the input of the LoRA branch only: `y = W x + b + (α/r)·B A·dropout(x)`.
+#   The frozen path sees the clean input, exactly as in the pretrained model.
+#
+# We build the layer now, one piece at a time.
+
+# %%
+class MyLoRALinear(nn.Module):
+    """y = base(x) + (alpha / rank) * B(A(dropout(x))), with base frozen and B = 0 at the start."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.base = base
+        self.base.requires_grad_(False)                                   # 1. freeze W and b
+        self.scaling = alpha / rank                                       # 2. alpha / r
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features))   # 3. A: [r, in], random
+        nn.init.kaiming_uniform_(self.lora_A, a=5 ** 0.5)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))  # 4. B: [out, r], zero
+        self.dropout = nn.Dropout(dropout)                                # 5. on the LoRA input only
+
+    def forward(self, x):
+        # two thin matmuls, x -> [.., r] -> [.., out]: never forms the [out, in] matrix B @ A
+        return self.base(x) + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+
+    def merged_weight(self):
+        return self.base.weight + self.scaling * self.lora_B @ self.lora_A
+
+
+# %% [markdown]
+# Check it: at step 0 the layer is the base layer; its shapes follow `[out, in]`; and after giving `B`
+# some values it computes exactly what `lowrank.LoRALinear` computes with the same factors.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+torch.manual_seed(0)
+base = nn.Linear(384, 384)
+mine = MyLoRALinear(base, rank=8, alpha=16)
+x = torch.randn(4, 10, 384)
+print("A:", tuple(mine.lora_A.shape), " B:", tuple(mine.lora_B.shape), " scaling:", mine.scaling)
+print("output equals the base layer at step 0:", torch.equal(mine(x), base(x)))
+
+reference = lowrank.LoRALinear(copy.deepcopy(base), rank=8, alpha=16)
+with torch.no_grad():
+    mine.lora_B.normal_()
+    reference.lora_A.copy_(mine.lora_A)
+    reference.lora_B.copy_(mine.lora_B)
+print("agrees with lowrank.LoRALinear:", torch.allclose(mine(x), reference(x), atol=1e-5))
+print("merged weight agrees:", torch.allclose(mine.merged_weight(), reference.merged_weight(), atol=1e-6))
+print("trainable:", [name for name, p in mine.named_parameters() if p.requires_grad])
+
+
+# %% [markdown]
+# ## 3. Why scale by `α/r` and not by `α`
+#
+# The update is `ΔW = s·B·A`. What an optimiser step does to `ΔW` depends on `s` and on `r`. With Adam,
+# the first step moves every entry of `B` by about the learning rate, so `‖ΔW‖` after one step grows like
+# `s·√r`. Measure it: one AdamW step on the same layer, same data, same learning rate, for several ranks,
+# with the three scalings in use: `s = α` (the seed article), `s = α/r` (LoRA paper, PEFT) and
+# `s = α/√r` (rsLoRA, Kalajdzievski 2023).
+
+# %%
+def first_step_update_norm(rank: int, scaling: float, seed: int = 0) -> float:
+    """‖ΔW‖_F / ‖W‖_F after one AdamW step (lr 1e-3) on a fixed regression task."""
+    torch.manual_seed(seed)
+    layer = lowrank.LoRALinear(nn.Linear(384, 384), rank=rank, alpha=1.0)
+    layer.scaling = scaling
+    optimizer = torch.optim.AdamW([layer.lora_A, layer.lora_B], lr=1e-3)
+    x, target = torch.randn(64, 384), torch.randn(64, 384)
+    F.mse_loss(layer(x), target).backward()
+    optimizer.step()
+    return (layer.delta_weight().norm() / layer.base.weight.norm()).item()
+
+
+alpha = 16
+rank_grid = [1, 2, 4, 8, 16, 32, 64]
+scalings = {"α (seed article)": lambda r: alpha, "α/r (LoRA, PEFT)": lambda r: alpha / r,
+            "α/√r (rsLoRA)": lambda r: alpha / r ** 0.5}
+step_sizes = {label: [first_step_update_norm(r, s(r)) for r in rank_grid] for label, s in scalings.items()}
+for label, sizes in step_sizes.items():
+    print(f"{label:>17}: r=1 -> r=64 changes the first step by x{sizes[-1] / sizes[0]:.2f}")
+
+fig, ax = plt.subplots(figsize=(6, 3.4))
+for label, sizes in step_sizes.items():
+    ax.plot(rank_grid, sizes, marker="o", label=label)
+ax.set_xscale("log", base=2)
+ax.set_yscale("log")
+ax.set_xlabel("rank r")
+ax.set_ylabel("‖ΔW‖ / ‖W‖ after one step")
+ax.legend()
+fig.tight_layout()
+fig.savefig("../figures/01_scaling_vs_rank.png", dpi=120)
+plt.show()
+
+# %% [markdown]
+# With `s = α`, going from `r = 1` to `r = 64` multiplies the size of every step by about 8: changing the rank
+# silently changes the learning rate, and a learning rate tuned at one rank is wrong at another. Dividing by
+# `r` removes that growth (it over-corrects by `√r`: larger ranks take *smaller* first steps; rsLoRA's `α/√r`
+# is flat). The course follows the LoRA paper and PEFT (`α/r`) so its numbers are comparable with theirs;
+# `lowrank.LoRALinear.scaling` is one attribute if you want to try `α/√r`.
+#
+# ## 4. How many parameters?
+#
+# A full `[out, in]` update has `out·in` numbers; LoRA trains `r·(in + out)`.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"{'r':>4} {'LoRA params':>12} {'of 768x768':>11}")
+for r in [1, 2, 4, 8, 16, 64, 256]:
+    print(f"{r:>4} {r * (768 + 768):>12,} {r * (768 + 768) / 768**2:>10.2%}")
+
+# %% [markdown]
+# And on the whole backbone, with adapters on the query and value projections of every layer
+# (the paper's default) — the classification head, freshly initialised, trains in full (notebook 02).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"backbone: {lowrank.count_parameters(model).total:,} parameters")
+for r in [1, 4, 8, 16, 64]:
+    adapted = lowrank.add_adapters(copy.deepcopy(model), ["q_lin", "v_lin"], method="lora", rank=r, alpha=2 * r)
+    adapter_only = sum(p.numel() for n, p in adapted.named_parameters() if "lora_" in n)
+    print(f"r={r:>2}: {adapter_only:>9,} adapter parameters; with the head: {lowrank.count_parameters(adapted)}")
+
+# %% [markdown]
+# ## 5. Merge for inference: same outputs, no extra latency
+#
+# After training, `W + (α/r)·B·A` is just another `[out, in]` matrix. `lowrank.merge_adapters` replaces every
+# adapter layer by a plain `nn.Linear` holding it, so the deployed model is exactly as fast as the original.
+# We give the adapters non-zero values (as after training) and compare.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+seed_everything(0)
+adapted = lowrank.add_adapters(copy.deepcopy(model), ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"], rank=8)
+with torch.no_grad():
+    for _, layer in lowrank.adapter_layers(adapted):
+        layer.lora_B.normal_(std=0.02)
+adapted.eval()
+batch = tokenizer(list(data["test"]["text"][:32]), padding="max_length", truncation=True,
+                  max_length=64, return_tensors="pt")
+with torch.no_grad():
+    unmerged_logits = adapted(**batch).logits
+    merged = lowrank.merge_adapters(copy.deepcopy(adapted))
+    merged_logits = merged(**batch).logits
+print("adapter layers left after merging:", len(list(lowrank.adapter_layers(merged))))
+print("max |merged - unmerged| logit < 1e-4:", (merged_logits - unmerged_logits).abs().max().item() < 1e-4)
+
+
+# %%
+def median_latency(models: dict, batch: dict, rounds: int) -> dict:
+    """Median forward time of each model, measured interleaved (A B C A B C ...) so noise hits all alike."""
+    times = {name: [] for name in models}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for name, m in models.items():
+                start = time.perf_counter()
+                m(**batch)
+                times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+latency = median_latency({"base": model.eval(), "unmerged LoRA": adapted, "merged LoRA": merged}, batch,
+                         rounds=5 if profile.name == "quick" else 20)
+for name, seconds in latency.items():
+    print(f"{name:>14}: {1000 * seconds:6.1f} ms per batch of 32x64  (x{seconds / latency['base']:.2f} of base)")
+
+# %% [markdown]
+# The merged model costs what the base costs (differences are the machine's noise); the unmerged one pays
+# for the extra thin matmuls. Keep adapters unmerged to switch tasks cheaply; merge to deploy.
+#
+# ## 6. The seed article's mistakes, run
+#
+# This course grew out of a short blog article on LoRA and DoRA (2024). Its code has bugs that are easy to
+# copy. Each one below is executed, so you can see what it does.
+#
+# > **The seed article's mistakes**
+# > 1. *Text and code disagree on the zero factor.* The text says `A` is zero and `B` Gaussian; the code
+# >    does the opposite, with shapes transposed from `nn.Linear`'s. Either zero factor gives `W' = W` at the
+# >    start, but only a zero factor does: if you "fix" the disagreement by making both random, training no
+# >    longer starts from the pretrained model.
+# > 2. *It scales by `α`, not `α/r`*: changing `r` silently changes the step size (section 3).
+# > 3. *DoRA's norm over `dim=0`* of an `[out, in]` weight normalises input columns, not output rows —
+# >    and on square matrices nothing complains. Notebook 03 shows the wrong magnitudes it produces.
+# > 4. *`DoRALayer` cannot run*: it uses `nn`/`F` without importing them, breaks when `bias` is `None`,
+# >    declares `lora_dropout` and never uses it, and its example `forward` returns an undefined `logits`.
+# > 5. *No detach of the norm*: more memory than the paper's method (notebook 03 measures it).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+# Mistake 1: a layer where neither factor is zero does not start at the pretrained model.
+torch.manual_seed(0)
+both_random = lowrank.LoRALinear(nn.Linear(384, 384), rank=8, alpha=16)
+with torch.no_grad():
+    both_random.lora_B.normal_(std=1 / 8 ** 0.5)  # the article's std for its random factor
+x = torch.randn(8, 384)
+print("both random, output equals base at step 0:", torch.allclose(both_random(x), both_random.base(x)))
+print(f"relative change of the weight before any training: "
+      f"{(both_random.delta_weight().norm() / both_random.base.weight.norm()).item():.1f}x ‖W‖")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+# Mistake 4: the article's DoRALayer, run as printed.
+seed_dora_source = '''
+class DoRALayer(nn.Module):
+    def __init__(self, linear, rank=4, alpha=8):
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight, requires_grad=False)
+        self.bias = nn.Parameter(linear.bias, requires_grad=False)
+        self.m = nn.Parameter(self.weight.norm(p=2, dim=0, keepdim=True))
+        self.alpha = alpha
+        std_dev = 1 / torch.sqrt(torch.tensor(rank).float())
+        self.lora_A = nn.Parameter(torch.randn(linear.out_features, rank)*std_dev)
+        self.lora_B = nn.Parameter(torch.zeros(rank, linear.in_features))
+
+    def forward(self, x):
+        lora = self.alpha * torch.matmul(self.lora_A, self.lora_B)
+        adapted = self.weight + lora
+        column_norm = adapted.norm(p=2, dim=0, keepdim=True)
+        norm_adapted = adapted / column_norm
+        calc_weights = self.m * norm_adapted
+        return F.linear(x, calc_weights, self.bias)
+'''
+namespace = {"torch": torch}  # the article imports only torch
+try:
+    exec(seed_dora_source, namespace)
+except NameError as error:
+    print("as printed:", type(error).__name__, "-", error)
+
+namespace.update(nn=nn, F=F)  # add the missing imports and try again
+exec(seed_dora_source, namespace)
+SeedDoRALayer = namespace["DoRALayer"]
+no_bias = SeedDoRALayer(nn.Linear(6, 4, bias=False))  # builds: nn.Parameter(None) is an empty tensor ...
+try:
+    no_bias(torch.randn(2, 6))  # ... which F.linear then tries to add as a bias
+except RuntimeError as error:
+    print("with bias=None:", type(error).__name__, "-", str(error).split(".")[0])
+layer = SeedDoRALayer(nn.Linear(6, 4))
+print("shape of its magnitude m:", tuple(layer.m.shape), "- one per *input* feature, not per output feature")
+
+
+def seed_forward(self, x):  # the article's example forward for a model with LoRA layers
+    x = self.linear_1(x) + self.lora_1(x)
+    x = F.relu(x)
+    x = self.linear_2(x) + self.lora_2(x)
+    return logits  # noqa: F821 - as in the article
+
+
+toy = nn.Module()
+toy.linear_1, toy.lora_1, toy.linear_2, toy.lora_2 = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2), nn.Linear(4, 2)
+try:
+    seed_forward(toy, torch.randn(1, 4))
+except NameError as error:
+    print("example forward:", type(error).__name__, "-", error)
+
+# %% [markdown]
+# The article's `lora_dropout = 0.05` is a variable that no layer receives: training with it is training
+# without dropout. In `lowrank`, `dropout` is an argument of every adapter and acts on the LoRA branch.
+#
+# **Next:** notebook 02 puts these layers into DistilBERT and fine-tunes it on sentiment.
