@@ -39,7 +39,7 @@ PROFILES = {
     "quick": Profile("quick", train_size=512, eval_size=256, epochs=1, batch_size=32, max_length=64,
                      probe_steps=8, analysis_steps=16),
     "full": Profile("full", train_size=8000, eval_size=1000, epochs=2, batch_size=32, max_length=64,
-                    probe_steps=60, analysis_steps=240),
+                    probe_steps=60, analysis_steps=250),
 }
 
 
