@@ -14,7 +14,10 @@ Forward without materialising a weight that needs a gradient: with
 
     y = g * (x @ W0.T + scaling * B(A(x))) + bias,
 
-which equals ``F.linear(x, m[:, None] * V / ||V||, bias)``.
+which equals ``F.linear(x, m[:, None] * V / ||V||, bias)``. In training, a custom autograd
+function computes this product and, instead of keeping the ``[batch, tokens, out]`` tensor
+``x @ W0.T + scaling * B(A(x))`` for the magnitude's gradient, recomputes it in backward from
+the input that autograd keeps anyway: DoRA then holds about the memory of LoRA.
 """
 
 from __future__ import annotations
@@ -24,6 +27,42 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowrank.lora import LoRALinear
+
+
+class _DoRAProduct(torch.autograd.Function):
+    """``(x @ W.T + s * B(A(x_lora))) * m / norm`` with memory-lean backward (norm is a constant)."""
+
+    @staticmethod
+    def forward(ctx, x, x_lora, weight, lora_A, lora_B, magnitude, norm, scaling):  # type: ignore[override]
+        hidden = F.linear(x_lora, lora_A)
+        pre = F.linear(x, weight) + F.linear(hidden, lora_B) * scaling
+        ctx.save_for_backward(x, x_lora, weight, lora_A, lora_B, magnitude, norm, hidden)
+        ctx.scaling = scaling
+        return pre * (magnitude / norm)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, x_lora, weight, lora_A, lora_B, magnitude, norm, hidden = ctx.saved_tensors
+        s = ctx.scaling
+        need_x, need_x_lora, _, need_A, need_B, need_m, _, _ = ctx.needs_input_grad
+        grad_scaled = grad_out * (magnitude / norm)
+        flat_grad = grad_scaled.reshape(-1, grad_scaled.shape[-1])
+        grad_x = grad_x_lora = grad_A = grad_B = grad_m = None
+        if need_m:  # recompute the pre-scaling output rather than keeping it from the forward
+            pre = F.linear(x, weight) + F.linear(hidden, lora_B) * s
+            grad_m = (grad_out * pre).reshape(-1, pre.shape[-1]).sum(0) / norm
+        if need_B:
+            grad_B = flat_grad.T @ hidden.reshape(-1, hidden.shape[-1]) * s
+        if need_A or need_x_lora:
+            grad_hidden = F.linear(grad_scaled, lora_B.T) * s
+            if need_A:
+                grad_A = grad_hidden.reshape(-1, grad_hidden.shape[-1]).T @ x_lora.reshape(-1, x_lora.shape[-1])
+            if need_x_lora:
+                grad_x_lora = F.linear(grad_hidden, lora_A.T)
+        if need_x:
+            grad_x = F.linear(grad_scaled, weight.T)
+        return grad_x, grad_x_lora, None, grad_A, grad_B, grad_m, None, None
 
 
 class DoRALinear(LoRALinear):
@@ -79,9 +118,12 @@ class DoRALinear(LoRALinear):
         return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gain = self.magnitude / self.direction_norm()
-        frozen = F.linear(x, self.base.weight)
-        out = (frozen + self.lora_branch(x)) * gain
+        norm = self.direction_norm()
+        if self.detach_norm and torch.is_grad_enabled():
+            out = _DoRAProduct.apply(x, self.lora_dropout(x), self.base.weight, self.lora_A, self.lora_B,
+                                     self.magnitude, norm, self.scaling)
+        else:
+            out = (F.linear(x, self.base.weight) + self.lora_branch(x)) * (self.magnitude / norm)
         if self.base.bias is not None:
             out = out + self.base.bias
         return out

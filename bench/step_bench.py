@@ -1,0 +1,202 @@
+"""Side-by-side benchmark of the from-scratch layers against PEFT, in one process.
+
+Contenders are interleaved (A B C ... A B C ...) so that the machine's noise hits all of them
+alike; the script prints medians and, above all, ratios. Results go to bench/results.json and
+figures/bench.png.
+
+    make bench                       # or: python bench/step_bench.py --rounds 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch.utils.flop_counter import FlopCounterMode
+
+import lowrank
+from lowrank.memory import MB, training_step_memory
+from lowrank.profile import backbone_name, default_device
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ["q_lin", "v_lin"]
+
+
+def make_batch(tokenizer, device, batch_size=32, length=64):
+    texts = ["a sentence long enough to fill the whole sequence " * 12] * batch_size
+    batch = tokenizer(texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
+    batch = {k: v.to(device) for k, v in batch.items()}
+    batch["labels"] = torch.arange(batch_size, device=device) % 2
+    return batch
+
+
+def contenders(model):
+    def ours(method):
+        return lowrank.add_adapters(copy.deepcopy(model), TARGETS, method=method, rank=8, alpha=16)
+
+    def peft(dora):
+        config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, use_dora=dora,
+                            modules_to_save=["pre_classifier", "classifier"])
+        return get_peft_model(copy.deepcopy(model), config)
+
+    full = copy.deepcopy(model).requires_grad_(True)
+    return {"lowrank LoRA": ours("lora"), "PEFT LoRA": peft(False), "lowrank DoRA": ours("dora"),
+            "PEFT DoRA": peft(True), "full FT": full}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved(functions: dict, rounds: int, device) -> dict[str, float]:
+    """Median seconds of each function, called in turn, ``rounds`` times after one warm-up."""
+    times = {name: [] for name in functions}
+    for name, function in functions.items():
+        function()
+    for _ in range(rounds):
+        for name, function in functions.items():
+            sync(device)
+            start = time.perf_counter()
+            function()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def training_step(model, batch):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    model.train()
+
+    def step():
+        loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def step_flops(model, batch) -> int:
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        model(**batch).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def matmul_rate(device, size=2048, rounds=10) -> float:
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    seconds = interleaved({"mm": lambda: torch.mm(a, b)}, rounds, device)["mm"]
+    return 2 * size**3 / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds per measurement")
+    args = parser.parse_args()
+    device = default_device()
+    torch.manual_seed(0)
+    model, tokenizer = lowrank.load_backbone(backbone_name())
+    model = model.to(device)
+    batch = make_batch(tokenizer, device)
+    models = contenders(model)
+    print(f"device {device}, {torch.get_num_threads()} threads, batch 32x64, q,v adapters r=8, {args.rounds} rounds")
+
+    steps = interleaved({name: training_step(m, batch) for name, m in models.items()}, args.rounds, device)
+    print("\ntraining step (forward + backward + AdamW), median seconds:")
+    for name, seconds in steps.items():
+        print(f"  {name:>13}: {seconds:.3f}")
+
+    memory = {name: training_step_memory(m, batch) for name, m in models.items()}
+    no_detach = lowrank.add_adapters(copy.deepcopy(model), TARGETS, method="dora", rank=8, alpha=16)
+    for _, layer in lowrank.adapter_layers(no_detach):
+        layer.detach_norm = False
+    memory["lowrank DoRA, norm not detached"] = training_step_memory(no_detach, batch)
+    print("\nmemory of one training step beyond the weights (activations + grads + AdamW), MB:")
+    for name, m in memory.items():
+        print(f"  {name:>31}: {m.training_extra / MB:7.1f}" + (f"  (CUDA peak {m.cuda_peak / MB:.0f})" if m.cuda_peak else ""))
+
+    base = copy.deepcopy(model).eval()
+    lora = models["lowrank LoRA"].eval()
+    dora = models["lowrank DoRA"].eval()
+    with torch.no_grad():
+        for _, layer in list(lowrank.adapter_layers(lora)) + list(lowrank.adapter_layers(dora)):
+            layer.lora_B.normal_(std=0.01)
+    merged = lowrank.merge_adapters(copy.deepcopy(lora)).eval()
+    inference_batch = {k: v for k, v in batch.items() if k != "labels"}
+
+    def infer(m):
+        def run():
+            with torch.no_grad():
+                m(**inference_batch)
+        return run
+
+    latency = interleaved({"base": infer(base), "merged LoRA": infer(merged), "unmerged LoRA": infer(lora),
+                           "unmerged DoRA (eval cache)": infer(dora)}, args.rounds, device)
+    print("\ninference, median seconds per batch:")
+    for name, seconds in latency.items():
+        print(f"  {name:>26}: {seconds:.3f}")
+
+    flops = step_flops(models["lowrank LoRA"], batch)
+    rate = matmul_rate(device)
+    achieved = flops / steps["lowrank LoRA"]
+    ratios = {
+        "lowrank LoRA / PEFT LoRA step": steps["lowrank LoRA"] / steps["PEFT LoRA"],
+        "lowrank DoRA / PEFT DoRA step": steps["lowrank DoRA"] / steps["PEFT DoRA"],
+        "DoRA / LoRA step (lowrank)": steps["lowrank DoRA"] / steps["lowrank LoRA"],
+        "LoRA / full FT step (lowrank)": steps["lowrank LoRA"] / steps["full FT"],
+        "DoRA / LoRA step memory (lowrank)": memory["lowrank DoRA"].training_extra / memory["lowrank LoRA"].training_extra,
+        "lowrank LoRA / PEFT LoRA step memory": memory["lowrank LoRA"].training_extra / memory["PEFT LoRA"].training_extra,
+        "lowrank DoRA / PEFT DoRA step memory": memory["lowrank DoRA"].training_extra / memory["PEFT DoRA"].training_extra,
+        "DoRA detached / not detached memory": memory["lowrank DoRA"].training_extra
+        / memory["lowrank DoRA, norm not detached"].training_extra,
+        "merged / base inference": latency["merged LoRA"] / latency["base"],
+        "unmerged / merged inference": latency["unmerged LoRA"] / latency["merged LoRA"],
+        "LoRA step FLOP rate / matmul rate": achieved / rate,
+    }
+    print(f"\nLoRA step: {flops / 1e9:.1f} GFLOP in {steps['lowrank LoRA']:.3f} s = {achieved / 1e9:.0f} GFLOP/s; "
+          f"torch.mm 2048^3: {rate / 1e9:.0f} GFLOP/s")
+    print("\nratios (one run, interleaved):")
+    for name, value in ratios.items():
+        print(f"  {name:>38}: {value:.3f}")
+
+    results = {"device": str(device), "threads": torch.get_num_threads(), "rounds": args.rounds,
+               "step_seconds": steps, "step_memory_mb": {k: v.training_extra / MB for k, v in memory.items()},
+               "inference_seconds": latency, "lora_step_gflop": flops / 1e9, "matmul_gflops": rate / 1e9,
+               "ratios": ratios}
+    (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, ROOT / "figures" / "bench.png")
+    print("\nwrote bench/results.json and figures/bench.png")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, key, title in [(axes[0], "step_seconds", "training step (s, median)"),
+                           (axes[1], "step_memory_mb", "step memory beyond weights (MB)"),
+                           (axes[2], "inference_seconds", "inference per batch (s, median)")]:
+        names, values = zip(*results[key].items())
+        ax.barh(names, values, color="tab:blue")
+        ax.set_title(title)
+        ax.invert_yaxis()
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:.3g}", va="center", fontsize=8)
+    fig.suptitle(f"lowrank vs PEFT, batch 32x64, q,v r=8 ({results['device']}, {results['threads']} threads)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
