@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import lowrank
 from lowrank.memory import MB, training_step_memory
 from lowrank.profile import backbone_name, default_device
+from lowrank.timing import interleaved_medians
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["q_lin", "v_lin"]
@@ -50,26 +49,6 @@ def contenders(model):
             "PEFT DoRA": peft(True), "full FT": full}
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def interleaved(functions: dict, rounds: int, device) -> dict[str, float]:
-    """Median seconds of each function, called in turn, ``rounds`` times after one warm-up."""
-    times = {name: [] for name in functions}
-    for name, function in functions.items():
-        function()
-    for _ in range(rounds):
-        for name, function in functions.items():
-            sync(device)
-            start = time.perf_counter()
-            function()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def training_step(model, batch):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     model.train()
@@ -93,7 +72,7 @@ def step_flops(model, batch) -> int:
 
 def matmul_rate(device, size=2048, rounds=10) -> float:
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    seconds = interleaved({"mm": lambda: torch.mm(a, b)}, rounds, device)["mm"]
+    seconds = interleaved_medians({"mm": lambda: torch.mm(a, b)}, rounds)["mm"]
     return 2 * size**3 / seconds
 
 
@@ -109,7 +88,7 @@ def main() -> None:
     models = contenders(model)
     print(f"device {device}, {torch.get_num_threads()} threads, batch 32x64, q,v adapters r=8, {args.rounds} rounds")
 
-    steps = interleaved({name: training_step(m, batch) for name, m in models.items()}, args.rounds, device)
+    steps = interleaved_medians({name: training_step(m, batch) for name, m in models.items()}, args.rounds)
     print("\ntraining step (forward + backward + AdamW), median seconds:")
     for name, seconds in steps.items():
         print(f"  {name:>13}: {seconds:.3f}")
@@ -138,8 +117,8 @@ def main() -> None:
                 m(**inference_batch)
         return run
 
-    latency = interleaved({"base": infer(base), "merged LoRA": infer(merged), "unmerged LoRA": infer(lora),
-                           "unmerged DoRA (eval cache)": infer(dora)}, args.rounds, device)
+    latency = interleaved_medians({"base": infer(base), "merged LoRA": infer(merged), "unmerged LoRA": infer(lora),
+                           "unmerged DoRA (eval cache)": infer(dora)}, args.rounds)
     print("\ninference, median seconds per batch:")
     for name, seconds in latency.items():
         print(f"  {name:>26}: {seconds:.3f}")

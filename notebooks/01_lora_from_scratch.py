@@ -28,7 +28,6 @@
 
 # %%
 import copy
-import time
 
 import matplotlib.pyplot as plt
 import torch
@@ -262,20 +261,18 @@ print("max |merged - unmerged| logit < 1e-4:", (merged_logits - unmerged_logits)
 
 
 # %%
-def median_latency(models: dict, batch: dict, rounds: int) -> dict:
-    """Median forward time of each model, measured interleaved (A B C A B C ...) so noise hits all alike."""
-    times = {name: [] for name in models}
-    with torch.no_grad():
-        for _ in range(rounds):
-            for name, m in models.items():
-                start = time.perf_counter()
-                m(**batch)
-                times[name].append(time.perf_counter() - start)
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+from lowrank.timing import interleaved_medians  # times contenders in turn (A B C A B C ...), reports medians
 
 
-latency = median_latency({"base": model.eval(), "unmerged LoRA": adapted, "merged LoRA": merged}, batch,
-                         rounds=5 if profile.name == "quick" else 20)
+def forward_on(m):
+    def run():
+        with torch.no_grad():
+            m(**batch)
+    return run
+
+
+latency = interleaved_medians({"base": forward_on(model.eval()), "unmerged LoRA": forward_on(adapted),
+                               "merged LoRA": forward_on(merged)}, rounds=5 if profile.name == "quick" else 20)
 for name, seconds in latency.items():
     print(f"{name:>14}: {1000 * seconds:6.1f} ms per batch of 32x64  (x{seconds / latency['base']:.2f} of base)")
 

@@ -1,0 +1,36 @@
+"""Fair timing on a noisy machine: interleave the contenders and report medians."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+import torch
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def interleaved_medians(functions: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall seconds of each function, called in turn (A B C A B C ...) ``rounds`` times.
+
+    Interleaving makes a slow spell of the machine hit every contender alike, so the *ratios*
+    of the medians are meaningful even when the absolute times drift.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    for _ in range(warmup):
+        for function in functions.values():
+            function()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            _synchronize()
+            start = time.perf_counter()
+            function()
+            _synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
