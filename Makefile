@@ -29,7 +29,7 @@ course: $(STAMP)
 
 # Package tests (seconds) then every notebook under nbval in the quick profile, offline.
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LOWRANK_PROFILE=quick \
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LOWRANK_PROFILE=quick LOWRANK_FIGURES=$$(mktemp -d) \
 		$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 bench: $(STAMP)

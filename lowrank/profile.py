@@ -2,7 +2,7 @@
 
 ``LOWRANK_PROFILE`` picks the experiment sizes; ``LOWRANK_BACKBONE`` and ``LOWRANK_DATASET``
 pick the model and data (``embedded`` by default: offline; e.g. ``distilbert-base-uncased``
-and ``imdb`` with the hub).
+and ``imdb`` with the hub); ``LOWRANK_FIGURES`` redirects saved figures (default ``figures/``).
 
 ``quick`` sizes every experiment for tests and a live class (a notebook in a few minutes on
 a 2-core CPU); ``full`` is for self-study and for the outputs committed with the notebooks.
@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 ENV_VAR = "LOWRANK_PROFILE"
 BACKBONE_VAR = "LOWRANK_BACKBONE"
 DATASET_VAR = "LOWRANK_DATASET"
+FIGURES_VAR = "LOWRANK_FIGURES"
+REPOSITORY_FIGURES = Path(__file__).resolve().parent.parent / "figures"
 DEFAULT = "full"
 
 
@@ -64,3 +67,11 @@ def dataset_name() -> str:
 def default_device() -> torch.device:
     """The first CUDA device if there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def figure_path(name: str) -> Path:
+    """Where a notebook saves the figure or table ``name``: ``figures/`` of the repository, or
+    ``$LOWRANK_FIGURES`` when set (the tests set it, so they never overwrite the committed figures)."""
+    folder = Path(os.environ.get(FIGURES_VAR, "").strip() or REPOSITORY_FIGURES)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name

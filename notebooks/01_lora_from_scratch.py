@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lowrank
-from lowrank.profile import backbone_name, current_profile, dataset_name
+from lowrank.profile import backbone_name, current_profile, dataset_name, figure_path
 from lowrank.training import seed_everything
 
 profile = current_profile()
@@ -93,7 +93,7 @@ ax.set_ylabel("fraction of ||·||²_F kept")
 ax.set_title("Query matrices, mean over layers")
 ax.legend()
 fig.tight_layout()
-fig.savefig("../figures/01_update_spectrum.png", dpi=120)
+fig.savefig(figure_path("01_update_spectrum.png"), dpi=120)
 plt.show()
 
 # %% [markdown]
@@ -155,6 +155,8 @@ print("A:", tuple(mine.lora_A.shape), " B:", tuple(mine.lora_B.shape), " scaling
 print("output equals the base layer at step 0:", torch.equal(mine(x), base(x)))
 
 reference = lowrank.LoRALinear(copy.deepcopy(base), rank=8, alpha=16)
+print("lowrank.LoRALinear also starts at the base layer:", torch.equal(reference(x), base(x)),
+      "| scaling:", reference.scaling)
 with torch.no_grad():
     mine.lora_B.normal_()
     reference.lora_A.copy_(mine.lora_A)
@@ -203,7 +205,7 @@ ax.set_xlabel("rank r")
 ax.set_ylabel("‖ΔW‖ / ‖W‖ after one step")
 ax.legend()
 fig.tight_layout()
-fig.savefig("../figures/01_scaling_vs_rank.png", dpi=120)
+fig.savefig(figure_path("01_scaling_vs_rank.png"), dpi=120)
 plt.show()
 
 # %% [markdown]

@@ -32,7 +32,7 @@ import torch
 import lowrank
 from lowrank.data import load_sentiment
 from lowrank.memory import MB, training_step_memory
-from lowrank.profile import backbone_name, current_profile, dataset_name, default_device
+from lowrank.profile import backbone_name, current_profile, dataset_name, default_device, figure_path
 from lowrank.training import accuracy, batches, predict, seed_everything, tokenize, train
 
 profile = current_profile()
@@ -99,6 +99,23 @@ def requires_grad_table(m) -> None:
 print("seed defaults:", lowrank.targets_from_toggles())
 requires_grad_table(lowrank.add_adapters(copy.deepcopy(model), lowrank.targets_from_toggles(), rank=8, alpha=16))
 
+# %% [markdown]
+# Because every adapter's `B` starts at zero, the adapted model computes exactly what the pretrained one does
+# until the first optimiser step — whatever the targets:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+probe_batch = tokenizer(list(raw["test"]["text"][:8]), padding=True, truncation=True, max_length=profile.max_length,
+                        return_tensors="pt")
+all_linear_targets = lowrank.targets_from_toggles(key=True, projection=True, mlp=True)
+with torch.no_grad():
+    reference_logits = model(**probe_batch).logits
+    for method in ("lora", "dora"):
+        adapted = lowrank.add_adapters(copy.deepcopy(model), all_linear_targets, method=method, rank=8, alpha=16)
+        same = torch.allclose(adapted(**probe_batch).logits, reference_logits, atol=1e-5)
+        print(f"{method.upper()} on all {len(list(lowrank.adapter_layers(adapted)))} linear layers, before training, "
+              f"gives the backbone's logits: {same}")
+
 # %%
 # NBVAL_CHECK_OUTPUT
 configurations = {
@@ -124,12 +141,11 @@ for label, toggles in configurations.items():
 # `lowrank.memory` explains how it is counted on a CPU).
 
 # %%
-all_linear = lowrank.targets_from_toggles(key=True, projection=True, mlp=True)
 experiments = {
     "head only": dict(targets=None, lr=2e-3),
     "LoRA q,v r=8": dict(targets=["q_lin", "v_lin"], lr=2e-3),
-    "LoRA all linear r=8": dict(targets=all_linear, lr=1e-3),
-    "full fine-tuning": dict(targets="all", lr=5e-5),
+    "LoRA all linear r=8": dict(targets=all_linear_targets, lr=1e-3),
+    "full fine-tuning": dict(targets="all", lr=1e-4),
 }
 memory_batch = next(batches(data["train"].select(range(32)), 32, shuffle=False, device=device))
 steps_per_epoch = -(-len(data["train"]) // profile.batch_size)
@@ -164,7 +180,7 @@ best_lora = max((label for label in results if label.startswith("LoRA")), key=la
 gap = 100 * (full_accuracy - results[best_lora]["test accuracy"])
 print(f"\nbest LoRA: {best_lora}, {abs(gap):.1f} points {'behind' if gap > 0 else 'ahead of'} full fine-tuning "
       f"with {results[best_lora]['trainable'] / results['full fine-tuning']['trainable']:.1%} of its trainable parameters")
-with open("../figures/02_results.json", "w") as handle:
+with open(figure_path("02_results.json"), "w") as handle:
     json.dump({"profile": profile.name, "results": results}, handle, indent=1)
 
 # %%
@@ -181,7 +197,7 @@ acc_ax.set(xlabel="step", ylabel="validation accuracy", title="Validation accura
 acc_ax.legend(fontsize=8)
 fig.suptitle(f"Fine-tuning {backbone_name()} on {dataset_name()} sentiment ({profile.name} profile)")
 fig.tight_layout()
-fig.savefig("../figures/02_learning_curves.png", dpi=120)
+fig.savefig(figure_path("02_learning_curves.png"), dpi=120)
 plt.show()
 
 # %% [markdown]

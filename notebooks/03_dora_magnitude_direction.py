@@ -35,7 +35,7 @@ from torch import nn
 import lowrank
 from lowrank.data import load_sentiment
 from lowrank.memory import MB, training_step_memory
-from lowrank.profile import backbone_name, current_profile, dataset_name, default_device
+from lowrank.profile import backbone_name, current_profile, dataset_name, default_device, figure_path
 from lowrank.training import accuracy, batches, predict, seed_everything, tokenize, train
 
 profile = current_profile()
@@ -86,7 +86,7 @@ ax.plot([magnitude.min(), magnitude.max()], [magnitude.min(), magnitude.max()], 
 ax.set(xlabel="row norm ‖W[j, :]‖ (DoRA's m)", ylabel="column norm ‖W[:, j]‖ (seed's m)",
        title="Layer 0 q_lin: the two 'magnitudes'")
 fig.tight_layout()
-fig.savefig("../figures/03_row_vs_column_norm.png", dpi=120)
+fig.savefig(figure_path("03_row_vs_column_norm.png"), dpi=120)
 plt.show()
 
 

@@ -41,7 +41,7 @@ from lowrank.magnitude_direction import (
     plot_change_points,
     points_as_rows,
 )
-from lowrank.profile import backbone_name, current_profile, dataset_name, default_device
+from lowrank.profile import backbone_name, current_profile, dataset_name, default_device, figure_path
 from lowrank.training import accuracy, seed_everything, tokenize, train
 
 profile = current_profile()
@@ -94,7 +94,7 @@ total_steps = profile.analysis_steps
 snapshot_steps = [total_steps // 4, total_steps // 2, 3 * total_steps // 4, total_steps]
 pattern = r"\.(q_lin|v_lin)$"
 pretrained = merged_linear_weights(model, pattern)
-methods = {"FT": dict(method=None, lr=5e-5), "LoRA": dict(method="lora", lr=2e-3), "DoRA": dict(method="dora", lr=2e-3)}
+methods = {"FT": dict(method=None, lr=1e-4), "LoRA": dict(method="lora", lr=2e-3), "DoRA": dict(method="dora", lr=2e-3)}
 snapshots, accuracies = {}, {}
 for label, spec in methods.items():
     candidate = copy.deepcopy(model).to(device)
@@ -137,10 +137,10 @@ def figure(kind: str, title: str, path: str) -> dict:
     return per_method
 
 
-query_points = figure("q_lin", "Query matrices", "../figures/04_query_dm_dd.png")
+query_points = figure("q_lin", "Query matrices", figure_path("04_query_dm_dd.png"))
 
 # %%
-value_points = figure("v_lin", "Value matrices", "../figures/04_value_dm_dd.png")
+value_points = figure("v_lin", "Value matrices", figure_path("04_value_dm_dd.png"))
 
 # %% [markdown]
 # ## 4. This course's correlations next to the paper's
@@ -162,7 +162,7 @@ for kind, per_method in [("query", query_points), ("value", value_points)]:
         print(f"{kind:>8} {label:>6} {len(points):>6} {r:>+6.2f} [{low:+.2f}, {high:+.2f}]".ljust(46) +
               f"{paper[label]:>+6.2f}  {same if kind == 'query' else '(paper: query only)'}")
         rows.append({"matrices": kind, "method": label, "pearson": r, "low": low, "high": high})
-with open("../figures/04_points.csv", "w", newline="") as handle:
+with open(figure_path("04_points.csv"), "w", newline="") as handle:
     writer = csv.DictWriter(handle, fieldnames=["method", "module", "layer", "step", "delta_m", "delta_d"])
     writer.writeheader()
     for per_method in (query_points, value_points):
