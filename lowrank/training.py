@@ -164,7 +164,7 @@ def train(
     if 0 in wanted and snapshot is not None:
         result.snapshots[0] = snapshot(model)
     model.train()
-    bar = tqdm(total=total, desc=description, disable=not progress, leave=True)
+    bar = tqdm(total=total, desc=description, disable=not progress, leave=True, mininterval=2.0)
     try:
         for epoch in range(epochs):
             for batch in batches(train_data, batch_size, shuffle=True, seed=seed + epoch, device=device):

@@ -201,12 +201,15 @@ fig.savefig(figure_path("02_learning_curves.png"), dpi=120)
 plt.show()
 
 # %% [markdown]
-# What to read off: the head alone learns something, but the frozen features cap it. LoRA on the query and
-# value projections moves ~1 % of the parameters and recovers most of full fine-tuning's gain; putting
-# adapters on every linear layer closes more of the gap. Full fine-tuning needs the smallest learning rate and
-# the most memory for gradients and optimiser state. Step times on a CPU are dominated by the frozen
-# backbone's forward and backward (LoRA still backpropagates *through* every layer below an adapter), so LoRA
-# saves far less time than parameters. The table above holds the numbers this run measured.
+# What to read off (numbers from the committed full-profile run; the table above is what *your* run measured):
+# the head alone, on frozen features, reached 83.1 %. LoRA on the query and value projections trains 1 % of the
+# parameters and reached 90.2 %, 0.4 points behind full fine-tuning's 90.6 %. LoRA on every linear layer reached
+# 89.9 %: more adapters did not help here. On 1,000 test tweets a 95 % interval on an accuracy near 90 % is about
+# ±1.9 points, so the three adapted models are statistically tied; only the head-only gap is clearly real.
+# Full fine-tuning needs the smallest learning rate and, for gradients and AdamW state, the most memory (2.6× LoRA's
+# per step here). Step times on a CPU are dominated by the frozen backbone's forward and backward (LoRA still
+# backpropagates *through* every layer below an adapter), so LoRA saves far less time (0.41 vs 0.62 s/step) than
+# parameters.
 #
 # ## 4. Merge, and check nothing changed
 #
