@@ -4,7 +4,7 @@ Contenders are interleaved (A B C ... A B C ...) so that the machine's noise hit
 alike; the script prints medians and, above all, ratios. Results go to bench/results.json and
 figures/bench.png.
 
-    make bench                       # or: python bench/step_bench.py --rounds 15
+    make bench                       # or: python bench/step_bench.py --rounds 30 (the default)
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def matmul_rate(device, size=2048, rounds=10) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds per measurement")
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds per measurement")
     args = parser.parse_args()
     device = default_device()
     torch.manual_seed(0)

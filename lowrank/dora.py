@@ -35,7 +35,7 @@ class _DoRAProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, x_lora, weight, lora_A, lora_B, magnitude, norm, scaling):  # type: ignore[override]
         hidden = F.linear(x_lora, lora_A)
-        pre = F.linear(x, weight) + F.linear(hidden, lora_B) * scaling
+        pre = torch.add(F.linear(x, weight), F.linear(hidden, lora_B), alpha=scaling)
         ctx.save_for_backward(x, x_lora, weight, lora_A, lora_B, magnitude, norm, hidden)
         ctx.scaling = scaling
         return pre * (magnitude / norm)
@@ -50,7 +50,7 @@ class _DoRAProduct(torch.autograd.Function):
         flat_grad = grad_scaled.reshape(-1, grad_scaled.shape[-1])
         grad_x = grad_x_lora = grad_A = grad_B = grad_m = None
         if need_m:  # recompute the pre-scaling output rather than keeping it from the forward
-            pre = F.linear(x, weight) + F.linear(hidden, lora_B) * s
+            pre = torch.add(F.linear(x, weight), F.linear(hidden, lora_B), alpha=s)
             grad_m = (grad_out * pre).reshape(-1, pre.shape[-1]).sum(0) / norm
         if need_B:
             grad_B = flat_grad.T @ hidden.reshape(-1, hidden.shape[-1]) * s

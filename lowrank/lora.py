@@ -59,7 +59,9 @@ class LoRALinear(nn.Module):
         return F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.lora_branch(x)
+        # base(x) + scaling * B(A(dropout(x))), the scaling fused into the addition (one pass, not two)
+        unscaled = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+        return torch.add(self.base(x), unscaled, alpha=self.scaling)
 
     def low_rank_update(self) -> torch.Tensor:
         """The ``[out, in]`` matrix ``(alpha / rank) * B @ A`` (rank at most ``rank``)."""
