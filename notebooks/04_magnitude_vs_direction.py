@@ -20,7 +20,7 @@
 # magnitude changes and vice versa), LoRA a *positive* one (both move together, "proportionally"), and DoRA a negative
 # one like FT. The paper did not release the code for this analysis; here it is, run on this course's backbone.
 #
-# **Runtime on a 2-core laptop CPU:** about 2 minutes (`LOWRANK_PROFILE=quick`), about 8 minutes (`full`).
+# **Runtime on a 2-core laptop CPU:** about 1 minute (`LOWRANK_PROFILE=quick`), about 12 minutes (`full`), measured.
 
 # %%
 import copy
