@@ -110,7 +110,7 @@ def _copy_into(model: nn.Module, tensors: Mapping[str, torch.Tensor], source: Pa
             parameters[name].copy_(tensor.to(parameters[name].dtype))
 
 
-def _ensure_adapters(model: nn.Module, config: Mapping[str, Any], source: Path) -> None:
+def _ensure_adapters(model: nn.Module, config: Mapping[str, Any]) -> None:
     if not list(adapter_layers(model)):
         add_adapters(model, list(config["targets"]), method=config["method"], rank=int(config["rank"]),
                      alpha=float(config["alpha"]), dropout=float(config["dropout"]))
@@ -131,7 +131,7 @@ def load_adapters(model: nn.Module, folder: str | Path) -> nn.Module:
             raise ValueError(f"{path}: configuration field {field!r} is missing")
     if config["format"] != FORMAT:
         raise ValueError(f"{path}: format {config['format']!r} is not {FORMAT!r}")
-    _ensure_adapters(model, config, path)
+    _ensure_adapters(model, config)
     _copy_into(model, tensors, path, required=set(trainable_tensors(model)))
     return model
 
@@ -201,7 +201,7 @@ def import_peft(model: nn.Module, folder: str | Path) -> nn.Module:
                 name = name[: -len(peft_leaf)] + ours
                 break
         tensors[name] = tensor
-    _ensure_adapters(model, config, folder)
+    _ensure_adapters(model, config)
     adapter_tensors = {n for n in trainable_tensors(model) if n.endswith((".lora_A", ".lora_B", ".magnitude"))}
     _copy_into(model, tensors, folder / PEFT_TENSORS_FILE, required=adapter_tensors)
     return model

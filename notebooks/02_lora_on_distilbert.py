@@ -192,7 +192,7 @@ for label, run in runs.items():
     loss_ax.plot(np.arange(window, len(losses) + 1), smooth, label=label)
     steps, accuracies = zip(*run.evaluations)
     acc_ax.plot(steps, accuracies, marker="o", label=label)
-loss_ax.set(xlabel="step", ylabel=f"training loss (moving mean)", title="Training loss")
+loss_ax.set(xlabel="step", ylabel="training loss (moving mean)", title="Training loss")
 acc_ax.set(xlabel="step", ylabel="validation accuracy", title="Validation accuracy")
 acc_ax.legend(fontsize=8)
 fig.suptitle(f"Fine-tuning {backbone_name()} on {dataset_name()} sentiment ({profile.name} profile)")

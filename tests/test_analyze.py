@@ -75,7 +75,6 @@ def test_bad_input_is_refused_clearly(checkpoints, tmp_path, capsys):
     for extra, message in cases:
         assert main(["--base", str(root / "base"), "--checkpoint", *map(str, folders), *extra]) == 2
         assert message in capsys.readouterr().err
-    wider = make_tiny_distilbert(seed=0)
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
     config = DistilBertConfig(vocab_size=100, max_position_embeddings=32, n_layers=2, n_heads=2, dim=24, hidden_dim=32)

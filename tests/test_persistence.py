@@ -1,6 +1,5 @@
 """Save/load and PEFT export/import round trips, compared on logits, and every bad input."""
 
-import copy
 import json
 
 import pytest
