@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import lowrank
 from lowrank.memory import MB, training_step_memory
 from lowrank.profile import backbone_name, default_device
-from lowrank.timing import interleaved_medians
+from lowrank.timing import interleaved_medians, no_grad_forward
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["q_lin", "v_lin"]
@@ -111,14 +111,8 @@ def main() -> None:
     merged = lowrank.merge_adapters(copy.deepcopy(lora)).eval()
     inference_batch = {k: v for k, v in batch.items() if k != "labels"}
 
-    def infer(m):
-        def run():
-            with torch.no_grad():
-                m(**inference_batch)
-        return run
-
-    latency = interleaved_medians({"base": infer(base), "merged LoRA": infer(merged), "unmerged LoRA": infer(lora),
-                           "unmerged DoRA (eval cache)": infer(dora)}, args.rounds)
+    latency = interleaved_medians({"base": no_grad_forward(base, inference_batch), "merged LoRA": no_grad_forward(merged, inference_batch), "unmerged LoRA": no_grad_forward(lora, inference_batch),
+                           "unmerged DoRA (eval cache)": no_grad_forward(dora, inference_batch)}, args.rounds)
     print("\ninference, median seconds per batch:")
     for name, seconds in latency.items():
         print(f"  {name:>26}: {seconds:.3f}")

@@ -52,6 +52,11 @@ def targets_from_toggles(
     return targets
 
 
+def linear_suffixes(model: nn.Module) -> list[str]:
+    """The distinct last name parts of the ``nn.Linear`` modules (what ``targets`` can name)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+
+
 def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
@@ -114,10 +119,9 @@ def add_adapters(
     for target in targets:
         hits = [name for name in modules if name and _matches(name, target)]
         if not hits:
-            linear_suffixes = sorted({n.rsplit(".", 1)[-1] for n, m in modules.items() if isinstance(m, nn.Linear)})
             raise ValueError(
                 f"target {target!r} matches no module of {type(model).__name__}; "
-                f"its nn.Linear layers end with: {', '.join(linear_suffixes) or '(none)'}"
+                f"its nn.Linear layers end with: {', '.join(linear_suffixes(model)) or '(none)'}"
             )
         for name in hits:
             module = modules[name]

@@ -25,8 +25,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lowrank.adapters import linear_suffixes
 from lowrank.backbone import EMBEDDED, load_backbone
-from lowrank.magnitude_direction import ChangePoint, change_points, pearson, plot_change_points, points_as_rows
+from lowrank.magnitude_direction import (
+    ChangePoint,
+    change_points,
+    merged_linear_weights,
+    pearson,
+    plot_change_points,
+    points_as_rows,
+)
 
 
 def load_model(name: str | Path) -> nn.Module:
@@ -42,13 +50,6 @@ def load_model(name: str | Path) -> nn.Module:
                          f"provide it ({type(error).__name__}: {str(error).splitlines()[0]})") from error
 
 
-def linear_weights(model: nn.Module, pattern: str) -> dict[str, torch.Tensor]:
-    """Weights of the ``nn.Linear`` modules whose qualified name matches ``pattern`` (regex search)."""
-    regex = re.compile(pattern)
-    return {name: module.weight.detach().float().clone() for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and regex.search(name)}
-
-
 def checkpoint_weights(base: nn.Module, folder: str | Path, pattern: str) -> dict[str, torch.Tensor]:
     """Merged weights of the matching modules of one checkpoint (full weights or a PEFT adapter)."""
     path = Path(folder)
@@ -59,10 +60,10 @@ def checkpoint_weights(base: nn.Module, folder: str | Path, pattern: str) -> dic
             adapted = PeftModel.from_pretrained(copy.deepcopy(base), str(path))
         except Exception as error:  # PEFT raises many types for a mismatched adapter
             raise ValueError(f"could not apply the PEFT adapter {str(path)!r} to the base model: {error}") from error
-        return linear_weights(adapted.merge_and_unload(), pattern)
+        return merged_linear_weights(adapted.merge_and_unload(), pattern)
     if path.exists() and not (path / "config.json").is_file():
         raise ValueError(f"{str(path)!r} is neither a model folder (config.json) nor a PEFT adapter (adapter_config.json)")
-    return linear_weights(load_model(path), pattern)
+    return merged_linear_weights(load_model(path), pattern)
 
 
 def analyze_checkpoints(
@@ -86,11 +87,10 @@ def analyze_checkpoints(
     except re.error as error:
         raise ValueError(f"--modules {pattern!r} is not a regular expression: {error}") from error
     base_model = load_model(base)
-    reference = linear_weights(base_model, pattern)
+    reference = merged_linear_weights(base_model, pattern)
     if not reference:
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in base_model.named_modules() if isinstance(m, nn.Linear)})
         raise ValueError(f"--modules {pattern!r} matches no linear layer of the base; its linear layers end with: "
-                         + ", ".join(names))
+                         + ", ".join(linear_suffixes(base_model)))
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
     for index, folder in enumerate(checkpoints):
         weights = checkpoint_weights(base_model, folder, pattern)

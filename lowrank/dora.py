@@ -99,18 +99,20 @@ class DoRALinear(LoRALinear):
         Detached unless ``detach_norm`` is False and autograd is recording. In eval mode the
         value is cached and recomputed only when the base weight or the factors change.
         """
-        needs_graph = not self.detach_norm and torch.is_grad_enabled()
-        if needs_graph:
-            return (self.base.weight + self.low_rank_update()).norm(p=2, dim=1)
+        if not self.detach_norm and torch.is_grad_enabled():
+            return self._norm_of_direction()
         if not self.training:
             key = self._direction_norm_key()
             if self._cached_norm is None or key != self._cache_key:
                 with torch.no_grad():
-                    self._cached_norm = (self.base.weight + self.low_rank_update()).norm(p=2, dim=1)
+                    self._cached_norm = self._norm_of_direction()
                 self._cache_key = key
             return self._cached_norm
         with torch.no_grad():
-            return (self.base.weight + self.low_rank_update()).norm(p=2, dim=1)
+            return self._norm_of_direction()
+
+    def _norm_of_direction(self) -> torch.Tensor:
+        return (self.base.weight + self.low_rank_update()).norm(p=2, dim=1)
 
     def train(self, mode: bool = True) -> "DoRALinear":
         self._cached_norm = None

@@ -54,14 +54,17 @@ class LoRALinear(nn.Module):
     def out_features(self) -> int:
         return self.base.out_features
 
+    def _unscaled_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """``B(A(dropout(x)))`` as two thin matmuls: never forms the ``[out, in]`` matrix ``B @ A``."""
+        return F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+
     def lora_branch(self, x: torch.Tensor) -> torch.Tensor:
-        """``scaling * B(A(dropout(x)))`` computed as two thin matmuls (never forms ``B @ A``)."""
-        return F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
+        """``scaling * B(A(dropout(x)))``."""
+        return self._unscaled_branch(x) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # base(x) + scaling * B(A(dropout(x))), the scaling fused into the addition (one pass, not two)
-        unscaled = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
-        return torch.add(self.base(x), unscaled, alpha=self.scaling)
+        return torch.add(self.base(x), self._unscaled_branch(x), alpha=self.scaling)
 
     def low_rank_update(self) -> torch.Tensor:
         """The ``[out, in]`` matrix ``(alpha / rank) * B @ A`` (rank at most ``rank``)."""

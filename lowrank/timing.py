@@ -14,6 +14,16 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
+def no_grad_forward(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> Callable[[], object]:
+    """A zero-argument function running ``model(**batch)`` without autograd (for timing inference)."""
+
+    def run() -> object:
+        with torch.no_grad():
+            return model(**batch)
+
+    return run
+
+
 def interleaved_medians(functions: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, float]:
     """Median wall seconds of each function, called in turn (A B C A B C ...) ``rounds`` times.
 

@@ -263,18 +263,10 @@ print("max |merged - unmerged| logit < 1e-4:", (merged_logits - unmerged_logits)
 
 
 # %%
-from lowrank.timing import interleaved_medians  # times contenders in turn (A B C A B C ...), reports medians
+from lowrank.timing import interleaved_medians, no_grad_forward  # contenders in turn (A B C A B C ...), medians
 
-
-def forward_on(m):
-    def run():
-        with torch.no_grad():
-            m(**batch)
-    return run
-
-
-latency = interleaved_medians({"base": forward_on(model.eval()), "unmerged LoRA": forward_on(adapted),
-                               "merged LoRA": forward_on(merged)}, rounds=5 if profile.name == "quick" else 20)
+latency = interleaved_medians({"base": no_grad_forward(model.eval(), batch), "unmerged LoRA": no_grad_forward(adapted, batch),
+                               "merged LoRA": no_grad_forward(merged, batch)}, rounds=5 if profile.name == "quick" else 20)
 for name, seconds in latency.items():
     print(f"{name:>14}: {1000 * seconds:6.1f} ms per batch of 32x64  (x{seconds / latency['base']:.2f} of base)")
 
