@@ -9,8 +9,8 @@ with its "columns" being output features = rows of ``nn.Linear.weight``:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -95,10 +95,37 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 with ties given their average rank."""
+    order = values.argsort(kind="mergesort")
+    ranks = np.empty(len(values), float)
+    ranks[order] = np.arange(len(values), dtype=float)
+    for value in np.unique(values):
+        tied = values == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation: Pearson's of the ranks (ties averaged); nan as :func:`pearson`."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3:
+        return float("nan")
+    return pearson(_ranks(x), _ranks(y))
+
+
+CORRELATIONS: dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {"pearson": pearson, "spearman": spearman}
+
+
 def bootstrap_interval(
     x: Sequence[float], y: Sequence[float], samples: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the Pearson correlation, resampling points."""
+    """Percentile bootstrap interval of the Pearson correlation, resampling points.
+
+    Only right for independent points; points of one layer at several checkpoints are not:
+    use :func:`layer_bootstrap_interval` for those.
+    """
     x, y = np.asarray(x, float), np.asarray(y, float)
     rng = np.random.default_rng(seed)
     values = []
@@ -107,11 +134,112 @@ def bootstrap_interval(
         value = pearson(x[index], y[index])
         if not np.isnan(value):
             values.append(value)
+    return _percentile_interval(values, level)
+
+
+def _percentile_interval(values: Sequence[float], level: float) -> tuple[float, float]:
+    values = [v for v in values if not np.isnan(v)]
     if not values:
         return float("nan"), float("nan")
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def _cluster(point: ChangePoint) -> str:
+    """What a point is nested in: its layer (or, without a layer number, its module)."""
+    return str(point.layer) if point.layer is not None else point.module
+
+
+def pooled_correlation(points: Sequence[ChangePoint], kind: str = "pearson") -> float:
+    """Correlation of ΔD with ΔM over all points (the paper's Figure 2 number)."""
+    return CORRELATIONS[kind]([p.delta_d for p in points], [p.delta_m for p in points])
+
+
+def within_checkpoint_correlation(points: Sequence[ChangePoint], kind: str = "pearson") -> float:
+    """Correlation across layers with the shared time trend removed.
+
+    Pearson: subtract each checkpoint's mean ΔD and ΔM, then correlate all residuals.
+    Spearman: rank ΔD and ΔM within each checkpoint, then correlate all within-checkpoint ranks.
+    """
+    x: list[float] = []
+    y: list[float] = []
+    for step in sorted({p.step for p in points}):
+        chosen = [p for p in points if p.step == step]
+        d = np.array([p.delta_d for p in chosen])
+        m = np.array([p.delta_m for p in chosen])
+        if kind == "spearman":
+            d, m = _ranks(d), _ranks(m)
+        x += list(d - d.mean())
+        y += list(m - m.mean())
+    return pearson(x, y)
+
+
+def per_layer_correlation(points: Sequence[ChangePoint], kind: str = "pearson") -> float:
+    """Mean over layers of each layer's correlation over its checkpoints (how one layer moves in time)."""
+    values = []
+    for cluster in sorted({_cluster(p) for p in points}):
+        chosen = [p for p in points if _cluster(p) == cluster]
+        values.append(CORRELATIONS[kind]([p.delta_d for p in chosen], [p.delta_m for p in chosen]))
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+STATISTICS: dict[str, Callable[[Sequence[ChangePoint], str], float]] = {
+    "pooled": pooled_correlation,
+    "within checkpoints": within_checkpoint_correlation,
+    "per layer": per_layer_correlation,
+}
+
+
+def layer_bootstrap_interval(
+    points: Sequence[ChangePoint],
+    statistic: Callable[[Sequence[ChangePoint]], float],
+    samples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile interval of ``statistic(points)`` resampling whole layers (a cluster bootstrap).
+
+    The points of one layer at several checkpoints are nested, not independent, so a draw picks
+    layers with replacement and keeps every checkpoint of each picked layer.
+    """
+    clusters = sorted({_cluster(p) for p in points})
+    if len(clusters) < 2:
+        return float("nan"), float("nan")
+    members = {c: [p for p in points if _cluster(p) == c] for c in clusters}
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(samples):
+        drawn = rng.integers(0, len(clusters), len(clusters))
+        # A layer drawn twice enters as two distinct clusters (so per-layer statistics see both).
+        sample = [replace(p, module=f"{p.module}#{i}", layer=None)
+                  for i, c in enumerate(drawn) for p in members[clusters[c]]]
+        values.append(statistic(sample))
+    return _percentile_interval(values, level)
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """One correlation of a panel of points, with its layer-bootstrap interval."""
+
+    statistic: str
+    kind: str
+    value: float
+    low: float
+    high: float
+
+
+def correlation_summary(
+    points: Sequence[ChangePoint], samples: int = 2000, level: float = 0.95, seed: int = 0
+) -> list[Correlation]:
+    """Every statistic of :data:`STATISTICS` × Pearson/Spearman, with layer-bootstrap intervals."""
+    out = []
+    for name, statistic in STATISTICS.items():
+        for kind in CORRELATIONS:
+            low, high = layer_bootstrap_interval(points, lambda ps: statistic(ps, kind), samples, level, seed)
+            out.append(Correlation(name, kind, statistic(points, kind), low, high))
+    return out
 
 
 def plot_change_points(points: Sequence[ChangePoint], ax=None, title: str | None = None):

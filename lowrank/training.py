@@ -18,6 +18,23 @@ from transformers import PreTrainedTokenizerBase
 
 Snapshot = Callable[[nn.Module], dict[str, torch.Tensor]]
 
+PAPER_NO_DECAY = ("bias", "LayerNorm.weight")
+"""The DoRA paper's official VL-BART code exempts parameters whose name contains one of these
+from weight decay (``no_decay`` in its ``trainer_base.py``). Everything else decays, DoRA's
+magnitude included, and so do layer norms whose name does not contain ``LayerNorm.weight``
+(BART's ``self_attn_layer_norm``, DistilBERT's ``sa_layer_norm``)."""
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, no_decay: Sequence[str] = ()) -> list[dict]:
+    """AdamW parameter groups of the trainable parameters: those whose name contains one of the
+    ``no_decay`` substrings get weight decay 0, the rest ``weight_decay``."""
+    decayed, exempt = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (exempt if any(part in name for part in no_decay) else decayed).append(parameter)
+    return [group for group in ({"params": decayed, "weight_decay": weight_decay},
+                                {"params": exempt, "weight_decay": 0.0}) if group["params"]]
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and GPU)."""
@@ -122,6 +139,7 @@ def train(
     batch_size: int = 32,
     lr: float = 1e-3,
     weight_decay: float = 0.01,
+    no_decay: Sequence[str] = (),
     warmup_fraction: float = 0.06,
     seed: int = 0,
     eval_every: int | None = None,
@@ -135,6 +153,8 @@ def train(
     Args:
         train_data / eval_data: tokenised splits (see :func:`tokenize`).
         epochs / max_steps: passes over ``train_data``; ``max_steps`` stops earlier.
+        weight_decay / no_decay: AdamW's decoupled decay, applied to every trainable parameter
+            except those whose name contains one of ``no_decay`` (e.g. :data:`PAPER_NO_DECAY`).
         eval_every: evaluate on ``eval_data`` every so many steps (and always at the end).
         snapshot_steps / snapshot: after each listed step (0 = before training),
             store ``snapshot(model)`` in ``result.snapshots[step]``.
@@ -154,7 +174,7 @@ def train(
     steps_per_epoch = math.ceil(len(train_data) / batch_size)
     total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     warmup = int(warmup_fraction * total)
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay, no_decay), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
     )
