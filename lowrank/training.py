@@ -25,6 +25,14 @@ magnitude included, and so do layer norms whose name does not contain ``LayerNor
 (BART's ``self_attn_layer_norm``, DistilBERT's ``sa_layer_norm``)."""
 
 
+def schedule_factor(step: int, total: int, warmup: int) -> float:
+    """The learning-rate multiplier :func:`train` uses at optimizer step ``step`` (0-based) of
+    ``total``: linear warm-up over ``warmup`` steps, then linear decay to 0."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
 def parameter_groups(model: nn.Module, weight_decay: float, no_decay: Sequence[str] = ()) -> list[dict]:
     """AdamW parameter groups of the trainable parameters: those whose name contains one of the
     ``no_decay`` substrings get weight decay 0, the rest ``weight_decay``."""
@@ -175,9 +183,7 @@ def train(
     total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     warmup = int(warmup_fraction * total)
     optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay, no_decay), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule_factor(s, total, warmup))
     device = model_device(model)
     wanted = set(snapshot_steps)
     result = TrainResult()
