@@ -1,0 +1,366 @@
+"""The Figure-2 study: when does the ΔM-versus-ΔD slope turn negative? (notebook 06)
+
+The DoRA paper's Figure 2 reports a negative ΔM/ΔD correlation for full fine-tuning and DoRA
+and a positive one for LoRA. This module trains FT, LoRA and DoRA (query and value) under
+conditions that change one factor at a time — the size of the regime, weight decay, whether
+DoRA's magnitude is decayed — and records, for every run, the ΔM/ΔD points of every layer at
+twelve evenly spaced checkpoints, plus a first-order split of each ΔM into what weight decay
+and what the gradient did.
+
+Run it once (about an hour on a 2-core CPU; Ctrl-C keeps finished runs, a re-run resumes)::
+
+    python -m lowrank.figure2 --out figures/
+
+It writes ``06_ablation_points.csv`` (columns ``condition, method, module, layer, step,
+delta_m, delta_d``), ``06_ablation_mechanism.csv`` and ``06_ablation_runs.json``.
+
+**Weight decay at the paper's strength.** AdamW's decoupled decay multiplies every decayed
+parameter by ``(1 - lr_t·λ)`` at each step, so after training by ``c = Π(1 - lr_t·λ) ≈
+exp(-λ·Σ lr_t)``: only the product ``λ·Σ lr_t`` matters, not λ and the step count apart. The
+paper trains 20 epochs at batch 500 on VQAv2, GQA, NLVR2 and COCO captions (roughly 1.2 to 2.2
+million examples an epoch, so 50,000 to 90,000 steps) with a linear schedule (mean multiplier
+about 0.5) and λ = 0.01: ``λ·Σlr ≈ 0.01 · 1e-4 · 0.5 · (5 to 9)·10⁴ ≈ 0.025 to 0.045`` for FT
+(lr 1e-4) and ten times that for LoRA/DoRA (lr 1e-3). We use 0.03 and 0.3 and set λ per run so
+that ``λ·Σ lr_t`` equals them over our much shorter runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from lowrank.magnitude_direction import ChangePoint, change_points, layer_index, merged_linear_weights
+from lowrank.training import PAPER_NO_DECAY, schedule_factor
+
+METHODS = ("FT", "LoRA", "DoRA")
+TARGETS = ("q_lin", "v_lin")
+PATTERN = r"\.(q_lin|v_lin)$"
+CHECKPOINTS = 12  # evenly spaced snapshots per run; "even" and "late" placements choose 4 of them
+WARMUP_FRACTION = 0.1  # the paper's warm-up
+PAPER_CUMULATIVE_DECAY = {"FT": 0.03, "LoRA": 0.3, "DoRA": 0.3}  # λ·Σlr, see the module docstring
+PAPER_LR = {"FT": 1e-4, "LoRA": 1e-3, "DoRA": 1e-3}
+PAPER_RANK = PAPER_ALPHA = 128
+POINTS_FILE = "06_ablation_points.csv"
+MECHANISM_FILE = "06_ablation_mechanism.csv"
+RUNS_FILE = "06_ablation_runs.json"
+
+
+@dataclass(frozen=True)
+class Regime:
+    """How long and how fast: steps, batch size and the learning rate of each method."""
+
+    name: str
+    steps: int
+    batch_size: int
+    lr: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One setting of the study: a regime and a weight-decay rule.
+
+    ``decay``: ``"none"``; ``"paper"`` (the official code's grouping, :data:`PAPER_NO_DECAY`,
+    at the paper's cumulative strength); ``"paper_magnitude_exempt"`` (the same, DoRA's
+    magnitude not decayed).
+    """
+
+    name: str
+    regime: Regime
+    decay: str
+    methods: tuple[str, ...] = METHODS
+
+
+SHORT = Regime("short", steps=250, batch_size=16, lr=PAPER_LR)
+LONG = Regime("long", steps=600, batch_size=16, lr={"FT": 3e-4, "LoRA": 1e-3, "DoRA": 1e-3})
+QUICK = Regime("quick", steps=12, batch_size=16, lr={"FT": 1e-3, "LoRA": 1e-3, "DoRA": 1e-3})
+
+CONDITIONS = (
+    Condition("short_wd0", SHORT, "none"),
+    Condition("short_wd_paper", SHORT, "paper"),
+    Condition("long_wd0", LONG, "none"),
+    Condition("long_wd_paper", LONG, "paper"),
+    Condition("long_wd_paper_m_exempt", LONG, "paper_magnitude_exempt", methods=("DoRA",)),
+)
+QUICK_CONDITIONS = (Condition("quick_wd_paper", QUICK, "paper", methods=("DoRA",)),)
+
+
+@dataclass(frozen=True)
+class MechanismRow:
+    """First-order account of one matrix's mean row-norm change at one checkpoint.
+
+    With the decayed part of the weight shrunk by ``c`` (1 where the decay does not touch the
+    row norm: LoRA's frozen W0, an exempt magnitude), write each row as ``c·w0 + g``. Then
+    ``‖c·w0 + g‖ − ‖w0‖ ≈ (c − 1)‖w0‖ + ⟨ŵ0, g⟩ + ‖g⊥‖²/(2c‖w0‖)`` and
+    ``1 − cos ≈ ‖g⊥‖²/(2‖c·w0 + g∥‖²)``; all columns are means over the matrix's rows.
+    """
+
+    condition: str
+    method: str
+    module: str
+    layer: int | None
+    step: int
+    row_norm: float  # mean ‖w0‖
+    decay_factor: float  # c
+    dm_signed: float  # mean (‖w_t‖ − ‖w0‖), measured
+    dm_decay: float  # mean (c − 1)‖w0‖
+    dm_gradient: float  # mean ⟨ŵ0, g⟩
+    dm_second_order: float  # mean ‖g⊥‖² / (2c‖w0‖)
+    dd_measured: float
+    dd_first_order: float
+
+
+def cumulative_lr(lr: float, steps: int, warmup_fraction: float = WARMUP_FRACTION) -> list[float]:
+    """``Σ lr`` after each step 1..steps of :func:`lowrank.training.train`'s schedule (index 0: 0)."""
+    warmup = int(warmup_fraction * steps)
+    out = [0.0]
+    for step in range(steps):
+        out.append(out[-1] + lr * schedule_factor(step, steps, warmup))
+    return out
+
+
+def decay_factors(lr: float, weight_decay: float, steps: int, warmup_fraction: float = WARMUP_FRACTION) -> list[float]:
+    """``c_t = Π_{s<t} (1 − lr_s·λ)`` for t = 0..steps: what decoupled decay alone leaves of a weight."""
+    warmup = int(warmup_fraction * steps)
+    out = [1.0]
+    for step in range(steps):
+        out.append(out[-1] * (1 - lr * schedule_factor(step, steps, warmup) * weight_decay))
+    return out
+
+
+def decay_settings(condition: Condition, method: str) -> tuple[float, tuple[str, ...]]:
+    """``(weight_decay, no_decay)`` for one run: λ set so that ``λ·Σlr`` is the paper's estimate."""
+    if condition.decay == "none":
+        return 0.0, ()
+    if condition.decay not in ("paper", "paper_magnitude_exempt"):
+        raise ValueError(f"unknown decay rule {condition.decay!r}")
+    total_lr = cumulative_lr(condition.regime.lr[method], condition.regime.steps)[-1]
+    no_decay = PAPER_NO_DECAY + (("magnitude",) if condition.decay == "paper_magnitude_exempt" else ())
+    return PAPER_CUMULATIVE_DECAY[method] / total_lr, no_decay
+
+
+def row_norm_decay(condition: Condition, method: str) -> list[float]:
+    """``c_t`` for the parameter that carries the row norms of the studied matrices.
+
+    FT: the weight itself (decayed unless decay is off). DoRA: the magnitude (decayed under
+    ``paper``, not under ``paper_magnitude_exempt``). LoRA: the frozen W0, never decayed (decay
+    acts on A and B, i.e. on the update only).
+    """
+    steps = condition.regime.steps
+    weight_decay, no_decay = decay_settings(condition, method)
+    carrier = {"FT": "q_lin.weight", "DoRA": "magnitude"}.get(method)
+    if carrier is None or weight_decay == 0 or any(part in carrier for part in no_decay):
+        return [1.0] * (steps + 1)
+    return decay_factors(condition.regime.lr[method], weight_decay, steps)
+
+
+def mechanism_rows(
+    condition: str,
+    method: str,
+    snapshots: Mapping[int, Mapping[str, torch.Tensor]],
+    pretrained: Mapping[str, torch.Tensor],
+    decay: Sequence[float],
+) -> list[MechanismRow]:
+    """The first-order split of :class:`MechanismRow` for every snapshotted matrix and step."""
+    rows = []
+    for step in sorted(snapshots):
+        for module, weight in snapshots[step].items():
+            w, w0 = weight.double(), pretrained[module].double()
+            c = float(decay[step])
+            norm0 = w0.norm(dim=1)
+            unit0 = w0 / norm0[:, None]
+            g = w - c * w0
+            radial = (g * unit0).sum(1)
+            perpendicular_sq = (g.square().sum(1) - radial.square()).clamp_min(0)
+            along = c * norm0 + radial
+            cosine = torch.nn.functional.cosine_similarity(w, w0, dim=1)
+            rows.append(MechanismRow(
+                condition, method, module, layer_index(module), step,
+                row_norm=norm0.mean().item(),
+                decay_factor=c,
+                dm_signed=(w.norm(dim=1) - norm0).mean().item(),
+                dm_decay=((c - 1) * norm0).mean().item(),
+                dm_gradient=radial.mean().item(),
+                dm_second_order=(perpendicular_sq / (2 * c * norm0)).mean().item(),
+                dd_measured=(1 - cosine).mean().item(),
+                dd_first_order=(perpendicular_sq / (2 * along.square())).mean().item(),
+            ))
+    return rows
+
+
+def checkpoint_steps(total: int, count: int = CHECKPOINTS) -> list[int]:
+    """``count`` evenly spaced steps ending at ``total``."""
+    return sorted({max(1, round(total * k / count)) for k in range(1, count + 1)})
+
+
+def placements(total: int) -> dict[str, list[int]]:
+    """Which four of the twelve checkpoints a figure uses: evenly from the start, or late."""
+    steps = checkpoint_steps(total)
+    return {"even": [steps[2], steps[5], steps[8], steps[11]], "late": steps[-4:]}
+
+
+@dataclass
+class RunRecord:
+    """What one (condition, method) run did, kept in ``06_ablation_runs.json``."""
+
+    condition: str
+    method: str
+    regime: str
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    no_decay: list[str]
+    cumulative_decay: float  # λ·Σlr
+    row_norm_decay_factor: float  # c at the last step for the row-norm carrier
+    test_accuracy: float
+    seconds: float
+    seconds_per_step: float
+
+
+def run_one(condition: Condition, method: str, model, data, progress: bool = True):
+    """Train one method under one condition; return its points, mechanism rows and record."""
+    from lowrank.adapters import add_adapters
+    from lowrank.training import accuracy, seed_everything, train
+
+    regime = condition.regime
+    weight_decay, no_decay = decay_settings(condition, method)
+    candidate = copy.deepcopy(model)
+    seed_everything(0)  # the adapters' initialisation is the same in every condition
+    if method != "FT":
+        add_adapters(candidate, list(TARGETS), method=method.lower(), rank=PAPER_RANK, alpha=PAPER_ALPHA)
+    pretrained = merged_linear_weights(model, PATTERN)
+    steps_wanted = checkpoint_steps(regime.steps)
+    epochs = math.ceil(regime.steps * regime.batch_size / len(data["train"]))
+    start = time.perf_counter()
+    result = train(candidate, data["train"], epochs=epochs, max_steps=regime.steps, batch_size=regime.batch_size,
+                   lr=regime.lr[method], weight_decay=weight_decay, no_decay=no_decay,
+                   warmup_fraction=WARMUP_FRACTION, seed=0, snapshot_steps=steps_wanted,
+                   snapshot=lambda m: merged_linear_weights(m, PATTERN), progress=progress,
+                   description=f"{condition.name} {method}")
+    seconds = time.perf_counter() - start
+    if result.interrupted:
+        raise KeyboardInterrupt
+    points = change_points(method, result.snapshots, pretrained)
+    decay = row_norm_decay(condition, method)
+    mechanism = mechanism_rows(condition.name, method, result.snapshots, pretrained, decay)
+    record = RunRecord(condition.name, method, regime.name, regime.steps, regime.batch_size, regime.lr[method],
+                       weight_decay, list(no_decay), weight_decay * cumulative_lr(regime.lr[method], regime.steps)[-1],
+                       decay[-1], accuracy(candidate, data["test"]), seconds, result.seconds_per_step)
+    return points, mechanism, record
+
+
+POINT_COLUMNS = ["condition"] + [f.name for f in fields(ChangePoint)]
+MECHANISM_COLUMNS = [f.name for f in fields(MechanismRow)]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _csv_text(columns: list[str], rows: list[dict]) -> str:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows of a study CSV with numbers parsed (``layer`` and ``step`` as int)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key, value in row.items():
+            if key in ("condition", "method", "module"):
+                continue
+            row[key] = None if value == "" else (int(value) if key in ("layer", "step") else float(value))
+    return rows
+
+
+def points_of(rows: Sequence[Mapping], condition: str, method: str, module_suffix: str) -> list[ChangePoint]:
+    """The :class:`ChangePoint` s of one condition, method and matrix type (``"q_lin"``/``"v_lin"``)."""
+    return [ChangePoint(r["method"], r["module"], r["layer"], r["step"], r["delta_m"], r["delta_d"])
+            for r in rows if r["condition"] == condition and r["method"] == method
+            and r["module"].endswith(module_suffix)]
+
+
+def run_study(out: Path, conditions: Sequence[Condition] = CONDITIONS, train_size: int = 8000,
+              eval_size: int = 1000, progress: bool = True) -> dict[str, RunRecord]:
+    """Run every (condition, method) not yet in ``out``, saving after each; return all records.
+
+    Finished runs are skipped, so an interrupted study (Ctrl-C) resumes where it stopped.
+    """
+    from tqdm.auto import tqdm
+
+    from lowrank.backbone import load_backbone
+    from lowrank.data import load_sentiment
+    from lowrank.training import tokenize
+
+    out.mkdir(parents=True, exist_ok=True)
+    points_path, mechanism_path, runs_path = out / POINTS_FILE, out / MECHANISM_FILE, out / RUNS_FILE
+    records = {key: RunRecord(**value) for key, value in
+               (json.loads(runs_path.read_text()) if runs_path.exists() else {}).items()}
+    point_rows = [{k: ("" if v is None else v) for k, v in r.items()} for r in read_csv(points_path)]
+    mechanism = [{k: ("" if v is None else v) for k, v in r.items()} for r in read_csv(mechanism_path)]
+    todo = [(c, m) for c in conditions for m in c.methods if f"{c.name}/{m}" not in records]
+    if not todo:
+        print(f"all {len(records)} runs already in {runs_path}")
+        return records
+    model, tokenizer = load_backbone("embedded")
+    data = tokenize(load_sentiment("embedded", train_size=train_size, eval_size=eval_size, seed=0), tokenizer, 64)
+    bar = tqdm(todo, desc="study", disable=not progress)
+    try:
+        for condition, method in bar:
+            bar.set_postfix_str(f"{condition.name} {method}")
+            points, rows, record = run_one(condition, method, model, data, progress=progress)
+            point_rows = [r for r in point_rows if not (r["condition"] == condition.name and r["method"] == method)]
+            point_rows += [{"condition": condition.name, **asdict(p)} for p in points]
+            mechanism = [r for r in mechanism if not (r["condition"] == condition.name and r["method"] == method)]
+            mechanism += [asdict(r) for r in rows]
+            records[f"{condition.name}/{method}"] = record
+            # Points first, the run record last: a run counts as done only once its rows are on disk.
+            _write_atomically(points_path, _csv_text(POINT_COLUMNS, point_rows))
+            _write_atomically(mechanism_path, _csv_text(MECHANISM_COLUMNS, mechanism))
+            _write_atomically(runs_path, json.dumps({k: asdict(v) for k, v in records.items()}, indent=1) + "\n")
+            print(f"{condition.name} {method}: {record.seconds:.0f} s, test accuracy {record.test_accuracy:.1%}, "
+                  f"c = {record.row_norm_decay_factor:.3f}", flush=True)
+    except KeyboardInterrupt:
+        print(f"interrupted: {len(records)} runs saved in {out}; run the same command again to resume")
+    finally:
+        bar.close()
+    return records
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lowrank.figure2", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("figures"), help="folder for the CSVs and JSON")
+    parser.add_argument("--only", nargs="+", help="run only these conditions (names as in the CSV)")
+    parser.add_argument("--quick", action="store_true", help="a tiny version of one condition (seconds)")
+    args = parser.parse_args(argv)
+    conditions = QUICK_CONDITIONS if args.quick else CONDITIONS
+    if args.only:
+        unknown = sorted(set(args.only) - {c.name for c in conditions})
+        if unknown:
+            raise SystemExit(f"unknown condition(s) {unknown}; choose from {[c.name for c in conditions]}")
+        conditions = tuple(c for c in conditions if c.name in args.only)
+    run_study(args.out, conditions, **({"train_size": 512, "eval_size": 256} if args.quick else {}))
+
+
+if __name__ == "__main__":
+    main()
