@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: course test test-package test-notebooks bench venv clean
+.PHONY: course test test-package test-notebooks bench study venv clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ course: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LOWRANK_PROFILE=quick LOWRANK_FIGURES=$$(mktemp -d) \
 		$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# The Figure-2 study (notebook 06): 13 training runs, about 70 minutes on 2 cores; resumes after Ctrl-C.
+study: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m lowrank.figure2 --out figures/
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/step_bench.py

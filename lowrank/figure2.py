@@ -364,3 +364,66 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- Reading the study back (notebook 06) -------------------------------------------------
+
+PAPER_CORRELATIONS = {"FT": -0.62, "LoRA": 0.83, "DoRA": -0.31}  # VL-BART query matrices, pooled Pearson
+
+
+def chosen_steps(rows: Sequence[Mapping], condition: str, placement: str) -> list[int]:
+    """The four checkpoints of ``placement`` (``"even"``/``"late"``/``"all"``) for one condition."""
+    steps = sorted({r["step"] for r in rows if r["condition"] == condition})
+    if not steps:
+        raise ValueError(f"no points of condition {condition!r}")
+    if placement == "all":
+        return steps
+    return placements(steps[-1])[placement]
+
+
+def study_points(rows: Sequence[Mapping], condition: str, method: str, module_suffix: str,
+                 placement: str = "even") -> list[ChangePoint]:
+    """One panel's points: a condition, a method, a matrix type, at the placement's checkpoints."""
+    keep = set(chosen_steps(rows, condition, placement))
+    return [p for p in points_of(rows, condition, method, module_suffix) if p.step in keep]
+
+
+def correlation_table(rows: Sequence[Mapping], module_suffix: str = "q_lin", placement: str = "even",
+                      samples: int = 2000) -> list[dict]:
+    """Every condition × method × statistic (pooled, within checkpoints, per layer) × Pearson/Spearman,
+    with 95 % intervals from resampling whole layers."""
+    from lowrank.magnitude_direction import correlation_summary
+
+    table = []
+    for condition in dict.fromkeys(r["condition"] for r in rows):
+        for method in METHODS:
+            points = study_points(rows, condition, method, module_suffix, placement)
+            if not points:
+                continue
+            for c in correlation_summary(points, samples=samples):
+                table.append({"condition": condition, "method": method, "statistic": c.statistic, "kind": c.kind,
+                              "value": c.value, "low": c.low, "high": c.high})
+    return table
+
+
+def plot_study(rows: Sequence[Mapping], conditions: Sequence[str], module_suffix: str = "q_lin",
+               placement: str = "even", path: Path | None = None):
+    """A grid of Figure-2 panels: one row per condition, one column per method."""
+    import matplotlib.pyplot as plt
+
+    from lowrank.magnitude_direction import plot_change_points
+
+    fig, axes = plt.subplots(len(conditions), len(METHODS), figsize=(13, 3.6 * len(conditions)), squeeze=False)
+    handles = []
+    for row_axes, condition in zip(axes, conditions):
+        for ax, method in zip(row_axes, METHODS):
+            points = study_points(rows, condition, method, module_suffix, placement)
+            if points:
+                _, handles = plot_change_points(points, ax=ax, title=f"{condition}: {method}")
+            else:
+                ax.set_axis_off()
+    fig.legend(handles=handles, loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig

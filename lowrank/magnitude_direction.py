@@ -9,6 +9,7 @@ with its "columns" being output features = rows of ``nn.Linear.weight``:
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
@@ -192,6 +193,28 @@ STATISTICS: dict[str, Callable[[Sequence[ChangePoint], str], float]] = {
 }
 
 
+def layer_bootstrap_samples(points: Sequence[ChangePoint], samples: int = 2000, seed: int = 0):
+    """Yield ``samples`` resampled panels, drawing whole layers with replacement (a cluster bootstrap).
+
+    The points of one layer at several checkpoints are nested, not independent, so a draw picks
+    layers with replacement and keeps every checkpoint of each picked layer. A layer drawn twice
+    enters as two distinct layers (so per-layer statistics see both).
+    """
+    clusters = sorted({_cluster(p) for p in points})
+    members = {c: [p for p in points if _cluster(p) == c] for c in clusters}
+    copies = {}  # (cluster, position in the draw) -> relabelled points, built once
+    rng = np.random.default_rng(seed)
+    for _ in range(samples):
+        drawn = rng.integers(0, len(clusters), len(clusters))
+        sample = []
+        for i, c in enumerate(drawn):
+            key = (int(c), i)
+            if key not in copies:
+                copies[key] = [replace(p, module=f"{p.module}#{i}", layer=None) for p in members[clusters[c]]]
+            sample += copies[key]
+        yield sample
+
+
 def layer_bootstrap_interval(
     points: Sequence[ChangePoint],
     statistic: Callable[[Sequence[ChangePoint]], float],
@@ -199,24 +222,10 @@ def layer_bootstrap_interval(
     level: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile interval of ``statistic(points)`` resampling whole layers (a cluster bootstrap).
-
-    The points of one layer at several checkpoints are nested, not independent, so a draw picks
-    layers with replacement and keeps every checkpoint of each picked layer.
-    """
-    clusters = sorted({_cluster(p) for p in points})
-    if len(clusters) < 2:
+    """Percentile interval of ``statistic(points)`` under :func:`layer_bootstrap_samples`."""
+    if len({_cluster(p) for p in points}) < 2:
         return float("nan"), float("nan")
-    members = {c: [p for p in points if _cluster(p) == c] for c in clusters}
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(samples):
-        drawn = rng.integers(0, len(clusters), len(clusters))
-        # A layer drawn twice enters as two distinct clusters (so per-layer statistics see both).
-        sample = [replace(p, module=f"{p.module}#{i}", layer=None)
-                  for i, c in enumerate(drawn) for p in members[clusters[c]]]
-        values.append(statistic(sample))
-    return _percentile_interval(values, level)
+    return _percentile_interval([statistic(s) for s in layer_bootstrap_samples(points, samples, seed)], level)
 
 
 @dataclass(frozen=True)
@@ -230,15 +239,82 @@ class Correlation:
     high: float
 
 
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks (0-based, ties averaged) along the last axis, for many rows at once."""
+    less = (x[..., :, None] > x[..., None, :]).sum(-1)
+    equal = (x[..., :, None] == x[..., None, :]).sum(-1)
+    return less + (equal - 1) / 2
+
+
+def _row_correlations(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation along the last axis (nan for fewer than 3 values or no spread)."""
+    x = x - x.mean(-1, keepdims=True)
+    y = y - y.mean(-1, keepdims=True)
+    spread = np.sqrt((x * x).sum(-1) * (y * y).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(spread > 0, (x * y).sum(-1) / np.where(spread > 0, spread, 1), np.nan)
+    return out if x.shape[-1] >= 3 else np.full(out.shape, np.nan)
+
+
+def _panel_grid(points: Sequence[ChangePoint]) -> tuple[np.ndarray, np.ndarray] | None:
+    """ΔD and ΔM as ``[layers, checkpoints]`` arrays when every layer has every checkpoint once."""
+    clusters = sorted({_cluster(p) for p in points})
+    steps = sorted({p.step for p in points})
+    if len(points) != len(clusters) * len(steps):
+        return None
+    dd = np.full((len(clusters), len(steps)), np.nan)
+    dm = np.full_like(dd, np.nan)
+    for p in points:
+        i, j = clusters.index(_cluster(p)), steps.index(p.step)
+        dd[i, j], dm[i, j] = p.delta_d, p.delta_m
+    return (dd, dm) if not np.isnan(dd).any() else None
+
+
+def _grid_statistics(dd: np.ndarray, dm: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
+    """Every statistic of :data:`STATISTICS` × kind for a batch of panels ``[batch, layers, checkpoints]``."""
+    batch = dd.shape[0]
+    flat_d, flat_m = dd.reshape(batch, -1), dm.reshape(batch, -1)
+    out = {("pooled", "pearson"): _row_correlations(flat_d, flat_m),
+           ("pooled", "spearman"): _row_correlations(_average_ranks(flat_d), _average_ranks(flat_m))}
+    for kind, transform in (("pearson", lambda a: a), ("spearman", lambda a: np.swapaxes(
+            _average_ranks(np.swapaxes(a, 1, 2)), 1, 2))):
+        d, m = transform(dd), transform(dm)
+        d, m = d - d.mean(1, keepdims=True), m - m.mean(1, keepdims=True)
+        out[("within checkpoints", kind)] = _row_correlations(d.reshape(batch, -1), m.reshape(batch, -1))
+        per_layer = _row_correlations(_average_ranks(dd), _average_ranks(dm)) if kind == "spearman" \
+            else _row_correlations(dd, dm)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[("per layer", kind)] = np.nanmean(per_layer, axis=1)
+    return out
+
+
 def correlation_summary(
     points: Sequence[ChangePoint], samples: int = 2000, level: float = 0.95, seed: int = 0
 ) -> list[Correlation]:
-    """Every statistic of :data:`STATISTICS` × Pearson/Spearman, with layer-bootstrap intervals."""
+    """Every statistic of :data:`STATISTICS` × Pearson/Spearman, with layer-bootstrap intervals
+    (one set of resampled panels shared by all of them).
+
+    When every layer has every checkpoint (the usual panel), the resampled panels are computed
+    as arrays, thousands at a time; otherwise one by one from :func:`layer_bootstrap_samples`.
+    """
+    names = [(name, kind) for name in STATISTICS for kind in CORRELATIONS]
+    draws: dict[tuple[str, str], list[float]] = {key: [] for key in names}
+    clusters = sorted({_cluster(p) for p in points})
+    grid = _panel_grid(points)
+    if len(clusters) >= 2 and grid is not None:
+        dd, dm = grid
+        index = np.random.default_rng(seed).integers(0, len(clusters), (samples, len(clusters)))
+        for key, values in _grid_statistics(dd[index], dm[index]).items():
+            draws[key] = list(values)
+    elif len(clusters) >= 2:
+        for sample in layer_bootstrap_samples(points, samples, seed):
+            for name, kind in names:
+                draws[(name, kind)].append(STATISTICS[name](sample, kind))
     out = []
-    for name, statistic in STATISTICS.items():
-        for kind in CORRELATIONS:
-            low, high = layer_bootstrap_interval(points, lambda ps: statistic(ps, kind), samples, level, seed)
-            out.append(Correlation(name, kind, statistic(points, kind), low, high))
+    for name, kind in names:
+        low, high = _percentile_interval(draws[(name, kind)], level)
+        out.append(Correlation(name, kind, STATISTICS[name](points, kind), low, high))
     return out
 
 
