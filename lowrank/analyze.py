@@ -1,149 +1,359 @@
-"""Magnitude/direction analysis of your own checkpoints: ``python -m lowrank.analyze``.
+"""The DoRA paper's Figure 2 for your own runs: ``python -m lowrank.analyze``.
 
-Compares one or more fine-tuned checkpoints with their base model, module by module, and
-writes the DoRA paper's ΔM-versus-ΔD figure and a CSV of the points. A checkpoint is either
+Compares checkpoints with their base model, weight matrix by weight matrix, reading only the
+tensors that ``--modules`` selects, straight from safetensors files, one block of rows at a time
+(:mod:`lowrank.safetensors_stream`, :mod:`lowrank.row_changes`): no model class is built, so any
+architecture works and memory stays flat whatever the model's size. A checkpoint is a full-weight
+folder (single file or shards), a PEFT LoRA/DoRA adapter or a :func:`lowrank.save_adapters`
+folder, the adapters analysed from their factors (:mod:`lowrank.checkpoints`); a 🤗 Trainer
+``output_dir`` gives its ``checkpoint-N`` folders. Examples::
 
-* a full-weight Hugging Face folder (``config.json`` + weights), or
-* a PEFT adapter folder (``adapter_config.json``; LoRA or DoRA), merged into the base on load.
+    python -m lowrank.analyze --run ft=runs/ft lora=runs/lora dora=runs/dora \\
+        --base meta-llama/Llama-2-7b-hf --modules 'q_proj$' --out analysis/
+    python -m lowrank.analyze --base embedded --modules 'q_lin$' \\
+        --checkpoint run/checkpoint-500 run/checkpoint-1000 --steps 500 1000
 
-Example::
-
-    python -m lowrank.analyze --base distilbert-base-uncased --modules 'q_lin$' \\
-        --checkpoint run/checkpoint-500 run/checkpoint-1000 --out analysis/
+It writes ``points.csv`` (run, method, module, layer, step, delta_m, delta_d), ``correlations.csv``
+and the figure ``dm_dd.png`` / ``.pdf`` (one panel per run, one legend), and prints the pooled,
+within-checkpoint and per-layer correlations with layer-bootstrap intervals.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
-import re
+import math
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-from torch import nn
-
-from lowrank.adapters import linear_suffixes
-from lowrank.backbone import EMBEDDED, load_backbone
-from lowrank.magnitude_direction import (
-    ChangePoint,
-    change_points,
-    merged_linear_weights,
-    pearson,
-    plot_change_points,
-    points_as_rows,
+from lowrank.checkpoints import (
+    Base,
+    Checkpoint,
+    align,
+    base_rows,
+    find_run,
+    open_base,
+    open_checkpoint,
+    same_model,
+    select_modules,
 )
+from lowrank.magnitude_direction import ChangePoint, correlation_summary, layer_index, plot_change_points
+from lowrank.row_changes import FullUpdate, magnitude_direction_changes
+
+DEFAULT_MODULES = r"(q_proj|q_lin|query)$"
+#: A fine-tune keeps every row close in direction (the paper's largest ΔD is 0.32, DoRA's); a mean
+#: 1 - cos above this says the checkpoint does not come from this base.
+MAX_DIRECTION_CHANGE = 0.5
+COLUMNS = ("run", "method", "module", "layer", "step", "delta_m", "delta_d")
 
 
-def load_model(name: str | Path) -> nn.Module:
-    """A model to compare: ``embedded``, a hub name or a local folder (weights only; no tokenizer needed)."""
-    if str(name) == EMBEDDED:
-        return load_backbone(EMBEDDED)[0]
-    from transformers import AutoModelForSequenceClassification
+@dataclass(frozen=True)
+class RunPoint:
+    """One row of ``points.csv``: one weight matrix of one run at one step."""
 
-    try:
-        return AutoModelForSequenceClassification.from_pretrained(str(name)).eval()
-    except (OSError, ValueError) as error:
-        raise ValueError(f"could not load model {str(name)!r}: not a model folder, and the hub could not "
-                         f"provide it ({type(error).__name__}: {str(error).splitlines()[0]})") from error
+    run: str
+    method: str  # full, lora or dora: how the checkpoint stores this matrix
+    module: str
+    layer: int | None
+    step: int
+    delta_m: float
+    delta_d: float
+
+    def change_point(self) -> ChangePoint:
+        """As :class:`~lowrank.magnitude_direction.ChangePoint` (its ``method`` is the run) for statistics and plots."""
+        return ChangePoint(self.run, self.module, self.layer, self.step, self.delta_m, self.delta_d)
 
 
-def checkpoint_weights(base: nn.Module, folder: str | Path, pattern: str) -> dict[str, torch.Tensor]:
-    """Merged weights of the matching modules of one checkpoint (full weights or a PEFT adapter)."""
-    path = Path(folder)
-    if (path / "adapter_config.json").is_file():
-        from peft import PeftModel
+@dataclass(frozen=True)
+class Run:
+    """A labelled sequence of ``(step, checkpoint folder or hub name)``."""
 
-        try:
-            adapted = PeftModel.from_pretrained(copy.deepcopy(base), str(path))
-        except Exception as error:  # PEFT raises many types for a mismatched adapter
-            raise ValueError(f"could not apply the PEFT adapter {str(path)!r} to the base model: {error}") from error
-        return merged_linear_weights(adapted.merge_and_unload(), pattern)
-    if path.exists() and not (path / "config.json").is_file():
-        raise ValueError(f"{str(path)!r} is neither a model folder (config.json) nor a PEFT adapter (adapter_config.json)")
-    return merged_linear_weights(load_model(path), pattern)
+    label: str
+    checkpoints: tuple[tuple[int, str], ...]
+
+
+def parse_run(text: str) -> Run:
+    """``LABEL=DIR`` or ``DIR`` (labelled by its folder name): a Trainer ``output_dir`` and its checkpoints."""
+    label, sep, folder = text.partition("=")
+    if not sep or "/" in label or not label:
+        label, folder = Path(text.rstrip("/")).name or text, text
+    return Run(label, tuple((step, str(path)) for step, path in find_run(folder)))
+
+
+def analyze_runs(
+    runs: Sequence[Run],
+    base: str | None = None,
+    pattern: str = DEFAULT_MODULES,
+    alpha: float | None = None,
+    transposed: bool = False,
+    any_base: bool = False,
+    progress: bool = True,
+) -> list[RunPoint]:
+    """ΔM/ΔD of every matrix matching ``pattern`` in every checkpoint of every run.
+
+    Args:
+        runs: the runs; labels must differ.
+        base: ``embedded``, a local folder or a hub name; by default, each run's adapter configuration's.
+        pattern: regular expression searched in the base's module names (``...q_proj``, without ``.weight``).
+        alpha: the LoRA alpha of ``lowrank`` adapter layers saved inside full (Trainer) checkpoints.
+        transposed: the weights are stored ``[in, out]`` (GPT-2's ``Conv1D``); implied by PEFT's ``fan_in_fan_out``.
+        any_base: skip the checks that a checkpoint comes from ``base`` (names in configurations, direction).
+
+    Everything is checked (names, shapes, configurations) before the first matrix is read.
+    Raises ``ValueError`` with a message naming what does not fit.
+    """
+    if not runs:
+        raise ValueError("give at least one run or checkpoint")
+    labels = [run.label for run in runs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"run labels must differ, got {labels}; name them LABEL=DIR")
+    opened = [(run.label, open_checkpoint(path, step, alpha)) for run in runs for step, path in run.checkpoints]
+    groups: dict[str, list[tuple[str, Checkpoint]]] = {}
+    for run in runs:
+        checkpoints = [c for label, c in opened if label == run.label]
+        groups.setdefault(_base_of(run.label, checkpoints, base, any_base), []).extend((run.label, c) for c in checkpoints)
+    plans = []
+    for base_name, members in groups.items():
+        model = open_base(base_name)
+        modules = select_modules(model, pattern)
+        flipped = transposed or any(c.transposed for _, c in members)
+        for _, checkpoint in members:
+            _check_same_architecture(model, checkpoint, any_base)
+        aliases = model.aliases()
+        mappings = [_module_map(modules, checkpoint, aliases) for _, checkpoint in members]
+        for (_, checkpoint), mapping in zip(members, mappings):
+            for module, theirs in mapping.items():
+                checkpoint.check(theirs, model.tensors.shape(modules[module]), flipped)
+        plans.append((model, modules, members, mappings, flipped))
+    from tqdm.auto import tqdm
+
+    total = sum(len(modules) * len(members) for _, modules, members, _, _ in plans)
+    points: list[RunPoint] = []
+    with tqdm(total=total, desc="ΔM/ΔD", unit="matrix", disable=not progress, mininterval=1.0) as bar:
+        for model, modules, members, mappings, flipped in plans:
+            for module, weight in modules.items():
+                updates = [c.update(m[module], model.tensors, weight) for (_, c), m in zip(members, mappings)]
+                changes = magnitude_direction_changes(base_rows(model.tensors, weight), updates, flipped)
+                for (label, checkpoint), update, (delta_m, delta_d) in zip(members, updates, changes):
+                    if isinstance(update, FullUpdate) and delta_d > MAX_DIRECTION_CHANGE and not any_base:
+                        raise ValueError(
+                            f"checkpoint {checkpoint.source!r} does not look fine-tuned from the base {model.name!r}: "
+                            f"the rows of {module} have mean cosine {1 - delta_d:.2f} to the base's (a fine-tune keeps "
+                            "them near 1). Pass the right --base, or --any-base to analyse it anyway")
+                    points.append(RunPoint(label, update.method, module, layer_index(module), checkpoint.step,
+                                           delta_m, delta_d))
+                bar.update(len(members))
+            model.tensors.close()
+            for _, checkpoint in members:
+                checkpoint.tensors.close()
+    return sorted(points, key=lambda p: (labels.index(p.run), p.step, -1 if p.layer is None else p.layer, p.module))
 
 
 def analyze_checkpoints(
-    base: str | Path,
+    base: str | None,
     checkpoints: Sequence[str | Path],
-    pattern: str,
+    pattern: str = DEFAULT_MODULES,
     steps: Sequence[int] | None = None,
     label: str = "fine-tuned",
-) -> list[ChangePoint]:
-    """ΔM/ΔD points of every module matching ``pattern`` in every checkpoint against ``base``.
-
-    Raises ``ValueError`` when ``pattern`` matches no linear layer of the base, a checkpoint lacks
-    one of the matched modules, or a shape differs (naming the module and both shapes).
-    """
+    **options,
+) -> list[RunPoint]:
+    """:func:`analyze_runs` for one run given as checkpoint folders (steps 1, 2, ... unless given)."""
     if not checkpoints:
         raise ValueError("give at least one checkpoint")
     if steps is not None and len(steps) != len(checkpoints):
         raise ValueError(f"{len(steps)} steps given for {len(checkpoints)} checkpoints")
-    try:
-        re.compile(pattern)
-    except re.error as error:
-        raise ValueError(f"--modules {pattern!r} is not a regular expression: {error}") from error
-    base_model = load_model(base)
-    reference = merged_linear_weights(base_model, pattern)
-    if not reference:
-        raise ValueError(f"--modules {pattern!r} matches no linear layer of the base; its linear layers end with: "
-                         + ", ".join(linear_suffixes(base_model)))
-    snapshots: dict[int, dict[str, torch.Tensor]] = {}
-    for index, folder in enumerate(checkpoints):
-        weights = checkpoint_weights(base_model, folder, pattern)
-        for name, tensor in reference.items():
-            if name not in weights:
-                raise ValueError(f"checkpoint {str(folder)!r} has no module {name!r} (matched in the base)")
-            if weights[name].shape != tensor.shape:
-                raise ValueError(f"checkpoint {str(folder)!r}: {name} has shape {tuple(weights[name].shape)}, "
-                                 f"the base has {tuple(tensor.shape)}")
-        snapshots[steps[index] if steps is not None else index + 1] = {n: weights[n] for n in reference}
-    return change_points(label, snapshots, reference)
+    steps = list(steps) if steps is not None else list(range(1, len(checkpoints) + 1))
+    run = Run(label, tuple((step, str(path)) for step, path in zip(steps, checkpoints)))
+    return analyze_runs([run], base, pattern, **options)
 
 
-def write_outputs(points: Sequence[ChangePoint], out: Path, title: str) -> tuple[Path, Path]:
-    """Write ``points.csv`` and ``dm_dd.png`` into ``out``; return their paths."""
-    import matplotlib
+def _base_of(label: str, checkpoints: Sequence[Checkpoint], base: str | None, any_base: bool) -> str:
+    """The base of one run: ``base`` if given (checked against the adapters' records), else theirs."""
+    recorded = {c.base_name for c in checkpoints if c.base_name}
+    if base is None:
+        if not recorded:
+            raise ValueError(f"run {label!r}: give --base; its checkpoints do not record a base model "
+                             "(only adapter configurations do)")
+        if len({name.lower() for name in recorded}) > 1:
+            raise ValueError(f"run {label!r}: its checkpoints name different base models: {sorted(recorded)}")
+        return sorted(recorded)[0]
+    for checkpoint in checkpoints:
+        name = checkpoint.base_name
+        if name and not any_base and not same_model(name, str(base)):
+            raise ValueError(f"checkpoint {checkpoint.source!r} was trained on {name!r}, not on --base {str(base)!r}; "
+                             "pass that base, or --any-base if both name the same model")
+    return str(base)
 
-    matplotlib.use("Agg")
+
+def _check_same_architecture(base: Base, checkpoint: Checkpoint, any_base: bool) -> None:
+    theirs, mine = checkpoint.model_config, base.model_config
+    if any_base or not theirs or not mine:
+        return
+    for key in ("model_type",):
+        if key in theirs and key in mine and theirs[key] != mine[key]:
+            raise ValueError(f"checkpoint {checkpoint.source!r} is a {key} {theirs[key]!r} model, the base "
+                             f"{base.name!r} a {mine[key]!r} one")
+
+
+def _module_map(modules: dict[str, str], checkpoint: Checkpoint, aliases: dict[str, str]) -> dict[str, str]:
+    mapping = align(list(modules), checkpoint.modules)
+    if len(mapping) < len(modules) and aliases:  # an adapter names modules as transformers' model does
+        renamed = {aliases.get(m, m): m for m in modules}
+        other = align(list(renamed), checkpoint.modules)
+        if len(other) > len(mapping):
+            mapping = {renamed[name]: theirs for name, theirs in other.items()}
+    missing = [m for m in modules if m not in mapping]
+    if missing:
+        others = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        if checkpoint.kind == "full":
+            raise ValueError(f"checkpoint {checkpoint.source!r} has no tensor {missing[0] + '.weight'!r}{others}, "
+                             "matched in the base by --modules")
+        adapted = sorted({m.rsplit(".", 1)[-1] for m, s in checkpoint.modules.items() if s.lora_A})
+        raise ValueError(f"adapter {checkpoint.source!r} does not change {missing[0]!r}{others}, matched by --modules; "
+                         f"narrow --modules to what it adapts (modules ending with: {', '.join(adapted)})")
+    return mapping
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs: CSV, correlations, the figure
+
+
+def runs_of(points: Sequence[RunPoint]) -> dict[str, list[ChangePoint]]:
+    """Change points per run, in order of first appearance."""
+    out: dict[str, list[ChangePoint]] = {}
+    for point in points:
+        out.setdefault(point.run, []).append(point.change_point())
+    return out
+
+
+def correlation_rows(points: Sequence[RunPoint], samples: int = 2000) -> list[dict]:
+    """Every statistic of :func:`~lowrank.magnitude_direction.correlation_summary`, per run."""
+    rows = []
+    for run, members in runs_of(points).items():
+        for c in correlation_summary(members, samples=samples):
+            rows.append({"run": run, **asdict(c)})
+    return rows
+
+
+def correlation_report(rows: Sequence[dict]) -> str:
+    """The correlations as a table: Pearson and Spearman, each with its 95 % layer-bootstrap interval."""
+    def cell(row: dict) -> str:
+        if math.isnan(row["value"]):
+            return "n/a"
+        interval = "" if math.isnan(row["low"]) else f" [{row['low']:+.2f}, {row['high']:+.2f}]"
+        return f"{row['value']:+.2f}{interval}"
+
+    lines = [f"{'run':<12} {'statistic':<20} {'Pearson r [95 % interval]':<28} Spearman ρ [95 % interval]"]
+    by_key = {(r["run"], r["statistic"], r["kind"]): r for r in rows}
+    for run, statistic in dict.fromkeys((r["run"], r["statistic"]) for r in rows):
+        lines.append(f"{run:<12} {statistic:<20} {cell(by_key[run, statistic, 'pearson']):<28} "
+                     f"{cell(by_key[run, statistic, 'spearman'])}")
+    return "\n".join(lines)
+
+
+def plot_runs(points: Sequence[RunPoint]):
+    """One Figure-2 panel per run (ΔD against ΔM, colour = layer, marker = checkpoint), one shared legend."""
     import matplotlib.pyplot as plt
 
+    runs = runs_of(points)
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs) + 1.2, 3.9), squeeze=False)
+    handles_by_run = []
+    for ax, (run, members) in zip(axes[0], runs.items()):
+        _, handles = plot_change_points(members, ax=ax, title=run)
+        handles_by_run.append(handles)
+    steps = [sorted({p.step for p in members}) for members in runs.values()]
+    layers = [sorted({p.layer for p in members if p.layer is not None}) for members in runs.values()]
+    if all(l == layers[0] for l in layers):
+        handles = max(handles_by_run, key=len)
+        if any(s != steps[0] for s in steps):  # markers mean "k-th checkpoint of its run" in every panel
+            handles = [h for h in handles if not h.get_label().startswith("step ")]
+            longest = max(handles_by_run, key=lambda hs: sum(h.get_label().startswith("step ") for h in hs))
+            for k, h in enumerate(h for h in longest if h.get_label().startswith("step ")):
+                h.set_label(f"checkpoint {k + 1}")
+                handles.append(h)
+        fig.legend(handles=handles, loc="center right", fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0, 1 - 1.15 / fig.get_figwidth(), 1))
+    else:  # layer colours differ between panels: a legend each
+        for ax, handles in zip(axes[0], handles_by_run):
+            ax.legend(handles=handles, fontsize=6, loc="best")
+        fig.tight_layout()
+    return fig
+
+
+def write_outputs(points: Sequence[RunPoint], out: Path, formats: Sequence[str] = ("png", "pdf"),
+                  samples: int = 2000) -> tuple[list[Path], str]:
+    """Write ``points.csv``, ``correlations.csv`` and ``dm_dd.<format>`` into ``out``; return the paths and the
+    correlation table."""
+    import matplotlib
+
+    if not points:
+        raise ValueError("no points to write")
+    if "matplotlib.pyplot" not in sys.modules:  # headless: no display needed
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = out / "points.csv"
-    with table.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["method", "module", "layer", "step", "delta_m", "delta_d"])
-        writer.writeheader()
-        writer.writerows(points_as_rows(points))
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    _, handles = plot_change_points(points, ax=ax, title=title)
-    ax.legend(handles=handles, fontsize=7, loc="best")
-    fig.tight_layout()
-    image = out / "dm_dd.png"
-    fig.savefig(image, dpi=120)
+    written = [out / "points.csv", out / "correlations.csv"]
+    _write_csv(written[0], [asdict(p) for p in points], COLUMNS)
+    rows = correlation_rows(points, samples)
+    _write_csv(written[1], rows, ("run", "statistic", "kind", "value", "low", "high"))
+    fig = plot_runs(points)
+    for extension in formats:
+        written.append(out / f"dm_dd.{extension}")
+        fig.savefig(written[-1], dpi=150)
     plt.close(fig)
-    return table, image
+    return written, correlation_report(rows)
+
+
+def _write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lowrank.analyze", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", required=True, help="base model: 'embedded', a hub name or a local folder")
-    parser.add_argument("--checkpoint", nargs="+", required=True, help="fine-tuned folders (full weights or PEFT adapters)")
-    parser.add_argument("--modules", default=r"q_lin$", help="regex for module names (default: %(default)s)")
-    parser.add_argument("--steps", nargs="+", type=int, help="training step of each checkpoint (default 1, 2, ...)")
-    parser.add_argument("--label", default="fine-tuned", help="method name for the title and CSV")
+    parser = argparse.ArgumentParser(prog="python -m lowrank.analyze", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", nargs="+", metavar="[LABEL=]DIR",
+                        help="Trainer output_dir(s): their checkpoint-N folders, N the step; one panel per run")
+    source.add_argument("--checkpoint", nargs="+", metavar="DIR",
+                        help="checkpoint folders or hub names (full weights, PEFT or lowrank adapters)")
+    parser.add_argument("--steps", nargs="+", type=int, help="with --checkpoint: the step of each (default 1, 2, ...)")
+    parser.add_argument("--label", default="fine-tuned", help="with --checkpoint: the run's name (default: %(default)s)")
+    parser.add_argument("--base", help="'embedded', a local folder or a hub name (default: what the adapters record)")
+    parser.add_argument("--modules", default=DEFAULT_MODULES,
+                        help="regex searched in module names, e.g. 'q_proj$' (default: %(default)s)")
+    parser.add_argument("--alpha", type=float, help="LoRA alpha of lowrank adapter layers inside full checkpoints")
+    parser.add_argument("--fan-in-fan-out", action="store_true",
+                        help="weights are stored [in, out] (GPT-2's Conv1D): output features are columns")
+    parser.add_argument("--any-base", action="store_true", help="skip the checks that checkpoints come from --base")
     parser.add_argument("--out", default="analysis", type=Path, help="output folder (default: %(default)s)")
+    parser.add_argument("--formats", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"],
+                        help="figure formats (default: png pdf)")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap samples per interval (default 2000)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.steps and not args.checkpoint:
+        parser.error("--steps goes with --checkpoint (a --run takes steps from checkpoint-N)")
+    options = dict(alpha=args.alpha, transposed=args.fan_in_fan_out, any_base=args.any_base,
+                   progress=not args.no_progress)
     try:
-        points = analyze_checkpoints(args.base, args.checkpoint, args.modules, args.steps, args.label)
+        if args.run:
+            points = analyze_runs([parse_run(text) for text in args.run], args.base, args.modules, **options)
+        else:
+            points = analyze_checkpoints(args.base, args.checkpoint, args.modules, args.steps, args.label, **options)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    table, image = write_outputs(points, args.out, args.label)
-    r = pearson([p.delta_d for p in points], [p.delta_m for p in points])
-    print(f"{len(points)} points, Pearson r(ΔD, ΔM) = {r:+.3f}\nwrote {table}\nwrote {image}")
+    written, report = write_outputs(points, args.out, args.formats, args.bootstrap)
+    matrices = len({(p.run, p.module) for p in points})
+    print(f"{len(points)} points ({matrices} matrices × their checkpoints)\n{report}")
+    print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
 

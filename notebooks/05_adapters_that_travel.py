@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -17,12 +19,13 @@
 # An adapter is worth keeping: it is small (only the trainable tensors) and it can be loaded into the tool
 # everyone uses, PEFT. This notebook trains a small DoRA adapter briefly, saves it, reloads it, exports it to
 # PEFT's format, loads it with PEFT, and imports it back into the from-scratch layers — comparing logits at
-# every hop.
+# every hop. The last section draws the DoRA paper's Figure 2 for a run saved on disk, as a researcher would for theirs.
 #
 # Files are safetensors, never pickles: loading a file cannot run code. A save is written to a temporary file
 # and renamed into place, so a crash mid-save leaves the previous save intact.
 #
-# **Runtime on a 2-core laptop CPU:** about 15 seconds (`LOWRANK_PROFILE=quick`), about 1 minute (`full`), measured.
+# **Runtime on a 2-core laptop CPU:** about 30 seconds (`LOWRANK_PROFILE=quick`), about 2 minutes (`full`); the last
+# section (a short 🤗 Trainer run and the ΔM/ΔD analysis of its checkpoints) is about half of it.
 
 # %%
 import copy
@@ -114,3 +117,75 @@ try:
     load_adapters(copy.deepcopy(base), damaged)
 except ValueError as error:
     print("truncated file:", str(error).replace(str(workdir), "<folder>").split(" (")[0])
+
+# %% [markdown]
+# ## The DoRA paper's Figure 2 for your own runs
+#
+# Notebook 04 measured ΔM and ΔD on weights it kept in memory. A researcher's runs are checkpoints on disk — a
+# 🤗 Trainer's `checkpoint-N` folders of a Llama, a BART or a ViT, full weights or PEFT adapters — often far
+# larger than memory. Two tools, one arithmetic:
+#
+# * `python -m lowrank.analyze` reads only the matrices `--modules` selects, straight from the safetensors files,
+#   one block of rows at a time: no model class, no `from_pretrained`, memory flat whatever the model's size (see
+#   the README's benchmark). Adapters are analysed from their factors `A`, `B` (and DoRA's `m`), never merged.
+# * `MagnitudeDirectionCallback` measures the same numbers *during* a Trainer run (full fine-tuning, PEFT, or
+#   `lowrank`'s adapters; under DDP on the main process only) and writes the CSV and figure at the end.
+#
+# Here a Trainer fine-tunes a PEFT DoRA adapter on the course's model with the callback attached, saving a
+# checkpoint every `every` steps; then the command analyses those checkpoints, and the two must agree.
+
+# %%
+from peft import LoraConfig, get_peft_model
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+from lowrank.analyze import main as analyze
+from lowrank.trainer_callback import MagnitudeDirectionCallback
+
+steps = profile.probe_steps
+every = steps // 4
+seed_everything(0)
+backbone, _ = lowrank.load_backbone(backbone_name())
+peft_dora = get_peft_model(backbone, LoraConfig(r=8, lora_alpha=16, target_modules=["q_lin", "v_lin"], use_dora=True,
+                                                modules_to_save=["pre_classifier", "classifier"]))
+callback = MagnitudeDirectionCallback(modules=r"q_lin$", every=every, run="PEFT DoRA", out=workdir / "callback",
+                                      bootstrap=500, verbose=False)
+arguments = TrainingArguments(output_dir=str(workdir / "trainer-run"), max_steps=steps, learning_rate=2e-3,
+                              per_device_train_batch_size=profile.batch_size, save_strategy="steps", save_steps=every,
+                              save_only_model=True, logging_strategy="no", report_to=[], seed=0, disable_tqdm=True,
+                              dataloader_pin_memory=False)
+Trainer(model=peft_dora, args=arguments, train_dataset=data["train"].remove_columns("text"),
+        data_collator=DataCollatorWithPadding(tokenizer), callbacks=[callback]).train()
+print("checkpoints:", sorted(p.name for p in (workdir / "trainer-run").iterdir()))
+
+# %% [markdown]
+# The command on the Trainer's `output_dir` (`--run LABEL=DIR`; several runs side by side give one panel each, e.g.
+# `--run ft=runs/ft lora=runs/lora dora=runs/dora`). `--base` is a folder, a hub name or `embedded`; left out, it is
+# read from the adapters' `adapter_config.json`. In a shell: `python -m lowrank.analyze --run dora=DIR --base embedded
+# --modules 'q_lin$' --out analysis/`.
+
+# %%
+status = analyze(["--run", f"PEFT DoRA={workdir / 'trainer-run'}", "--base", backbone_name(), "--modules", "q_lin$",
+                  "--out", str(workdir / "command"), "--bootstrap", "500", "--no-progress"])
+
+# %%
+# NBVAL_CHECK_OUTPUT
+import csv
+
+
+def read_points(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+live, saved = read_points(workdir / "callback" / "points.csv"), read_points(workdir / "command" / "points.csv")
+print(f"{len(saved)} points: {len({r['module'] for r in saved})} query matrices × {len({r['step'] for r in saved})} "
+      f"checkpoints; columns {list(saved[0])}")
+same = [(a["module"], a["step"]) == (b["module"], b["step"])
+        and all(abs(float(a[c]) - float(b[c])) <= 1e-9 * abs(float(b[c])) for c in ("delta_m", "delta_d"))
+        for a, b in zip(live, saved)]
+print("callback (live weights) and command (saved checkpoints) agree:", len(live) == len(saved) and all(same))
+
+# %%
+from IPython.display import Image
+
+Image(filename=str(workdir / "command" / "dm_dd.png"), width=480)
