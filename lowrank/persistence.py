@@ -263,17 +263,14 @@ def _show_targets(names: Collection[str]) -> str:
     return f"{sorted({name.rsplit('.', 1)[-1] for name in names})} ({len(names)} modules)"
 
 
-def _check_settings(model: nn.Module, source: Path, method: str, alpha: float, dropout: float,
+def _check_settings(model: nn.Module, source: Path, method: str, rank: int, alpha: float, dropout: float,
                     targets: Collection[str]) -> None:
-    """Refuse a file whose method, alpha, dropout or targets differ from the adapters ``model`` has.
-
-    Rank needs no check here: a different rank gives the factors other shapes, which
-    :func:`_copy_into` refuses with both shapes.
-    """
+    """Refuse a file whose method, rank, alpha, dropout or targets differ from the adapters ``model`` has."""
     ours = adapter_config(model)
     advice = ("load into a model without adapters to take the file's settings, or add adapters with the "
               "file's settings")
-    for field, theirs in (("method", method), ("alpha", float(alpha)), ("dropout", float(dropout))):
+    for field, theirs in (("method", method), ("rank", int(rank)), ("alpha", float(alpha)),
+                          ("dropout", float(dropout))):
         if theirs != ours[field]:
             raise ValueError(f"{source}: the file has {field}={_show(theirs)} but the model's adapters have "
                              f"{field}={_show(ours[field])}; {advice}")
@@ -316,7 +313,7 @@ def _fit_adapters(model: nn.Module, source: Path, config: Mapping[str, Any], ada
     names of the modules the file adapts.
     """
     if list(adapter_layers(model)):
-        _check_settings(model, source, config["method"], config["alpha"], config["dropout"], adapted)
+        _check_settings(model, source, config["method"], config["rank"], config["alpha"], config["dropout"], adapted)
     else:
         add_adapters(model, list(config["targets"]), method=config["method"], rank=int(config["rank"]),
                      alpha=float(config["alpha"]), dropout=float(config["dropout"]))

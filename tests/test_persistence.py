@@ -90,10 +90,9 @@ def test_a_crash_mid_save_keeps_the_previous_save(tmp_path, tiny_batch, monkeypa
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_other_rank_or_other_backbone_is_refused_with_both_shapes(tmp_path):
+def test_other_rank_or_other_backbone_is_refused(tmp_path):
     save_adapters(trained("lora", rank=2), tmp_path)
-    with pytest.raises(ValueError, match=r"'distilbert.transformer.layer.0.attention.q_lin.lora_A' has shape \(2, 16\) "
-                                         r"in the file but \(4, 16\) in the model"):
+    with pytest.raises(ValueError, match=r"the file has rank=2 but the model's adapters have rank=4"):
         load_adapters(add_adapters(make_tiny_distilbert(), ["q_lin", "v_lin"], rank=4, alpha=4), tmp_path)
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
@@ -105,10 +104,10 @@ def test_other_rank_or_other_backbone_is_refused_with_both_shapes(tmp_path):
 
 # Each setting in which a file and the adapters already in the model differ, with the message that
 # names it. Before these checks, alpha and dropout loaded silently (wrong outputs), method and
-# targets failed on a tensor name, and rank (still) on a shape.
+# targets failed on a tensor name, and rank on a shape.
 SETTINGS = [
     ("method", dict(method="dora"), r"the file has method=lora but the model's adapters have method=dora"),
-    ("rank", dict(rank=4), r"has shape \(2, 16\) in the file but \(4, 16\) in the model \(other backbone or rank\?\)"),
+    ("rank", dict(rank=4), r"the file has rank=2 but the model's adapters have rank=4"),
     ("alpha", dict(alpha=8), r"the file has alpha=4 but the model's adapters have alpha=8"),
     ("dropout", dict(dropout=0.1), r"the file has dropout=0 but the model's adapters have dropout=0.1"),
     ("targets", dict(targets=["q_lin"]), r"the file has targets=\['q_lin', 'v_lin'\] \(4 modules\) but the model's "
