@@ -100,8 +100,9 @@ print("imported logits equal the original's (to 1e-5):", torch.allclose(predict(
 # %% [markdown]
 # ## When the folder does not fit
 #
-# A folder from another rank, other targets or another backbone is refused with the first mismatching tensor and
-# both shapes; a damaged file is refused as damaged. The model is left untouched.
+# Loading into a model that already has adapters checks every setting: a folder saved with another method, rank,
+# alpha, dropout or targets is refused with the field and both values (another backbone, with the first mismatching
+# tensor and both shapes); a damaged file is refused as damaged. The model is left untouched.
 
 # %%
 # NBVAL_CHECK_OUTPUT
