@@ -6,10 +6,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import nn
 
 from lowrank.dora import DoRALinear
-from lowrank.lora import LoRALinear
+from lowrank.lora import LoRALinear, refuse_non_finite
 
 Method = Literal["lora", "dora"]
 
@@ -74,16 +75,44 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def freeze_all_but_head(model: nn.Module, head: Sequence[str] = DISTILBERT_HEAD) -> nn.Module:
-    """Freeze every parameter except those of the top-level modules named in ``head``.
+def classification_head(model: nn.Module) -> list[str]:
+    """Names of the freshly initialised head of a Hugging Face ``*ForSequenceClassification`` model.
 
-    On its own this is the "head only" baseline (a linear probe with one hidden layer).
+    Such a model holds its pretrained backbone under ``model.base_model_prefix`` (``distilbert``,
+    ``bert``, ``roberta``, ``transformer``, ``model``, ...); every other top-level module with
+    parameters is the head: DistilBERT's ``pre_classifier`` and ``classifier``, BERT's and
+    RoBERTa's ``classifier``, GPT-2's and Llama's ``score``. Other models have no head to find: ``[]``.
     """
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    for name in head:
-        if hasattr(model, name):
-            getattr(model, name).requires_grad_(True)
+    prefix = getattr(model, "base_model_prefix", "")
+    if not type(model).__name__.endswith("ForSequenceClassification") or not hasattr(model, prefix):
+        return []
+    return [name for name, child in model.named_children()
+            if name != prefix and next(child.parameters(), None) is not None]
+
+
+def _head_modules(model: nn.Module, head: Sequence[str] | None) -> list[nn.Module]:
+    names = classification_head(model) if head is None else list(head)
+    modules = dict(model.named_modules())
+    missing = [name for name in names if not name or name not in modules]
+    if missing:
+        raise ValueError(
+            f"head module(s) {', '.join(map(repr, missing))} not found in {type(model).__name__}; "
+            f"its top-level modules are: {', '.join(name for name, _ in model.named_children()) or '(none)'}"
+        )
+    return [modules[name] for name in names]
+
+
+def freeze_all_but_head(model: nn.Module, head: Sequence[str] | None = None) -> nn.Module:
+    """Freeze every parameter except those of the head modules.
+
+    ``head`` names modules of ``model`` (e.g. ``["classifier"]``); a name that matches nothing is
+    refused with a ``ValueError``. ``None`` (the default) finds the head by what the model is:
+    :func:`classification_head`. On its own this is the "head only" baseline (a linear probe).
+    """
+    modules = _head_modules(model, head)
+    model.requires_grad_(False)
+    for module in modules:
+        module.requires_grad_(True)
     return model
 
 
@@ -94,17 +123,18 @@ def add_adapters(
     rank: int = 8,
     alpha: float = 16,
     dropout: float = 0.0,
-    trainable_head: Sequence[str] = DISTILBERT_HEAD,
+    trainable_head: Sequence[str] | None = None,
 ) -> nn.Module:
     """Replace each ``nn.Linear`` whose qualified name ends with a target by an adapter layer.
 
-    Every parameter is frozen except the adapters' and those of the modules named in
-    ``trainable_head`` (top-level names; default: DistilBERT's freshly initialised
-    classification head). Modifies ``model`` in place and returns it.
+    Every parameter is frozen except the adapters' and the head's: ``trainable_head`` names the
+    head modules, ``None`` finds them (:func:`classification_head`: for DistilBERT,
+    ``pre_classifier`` and ``classifier``), ``()`` trains no head. Calling ``add_adapters`` again
+    adds more adapters; those added before stay trainable. Modifies ``model`` in place and returns it.
 
     Raises:
-        ValueError: an unknown ``method``, no targets, a target that matches nothing, or
-            bad ``rank``/``alpha``/``dropout``.
+        ValueError: an unknown ``method``, no targets, a target that matches nothing, a head
+            module that does not exist, or bad ``rank``/``alpha``/``dropout``.
         TypeError: a target that names a module that is not an ``nn.Linear``, or a model
             that already has adapters there.
     """
@@ -135,6 +165,9 @@ def add_adapters(
             chosen.append(name)
     adapter_class = _ADAPTER_CLASSES[method]
     freeze_all_but_head(model, trainable_head)
+    for _, layer in adapter_layers(model):  # adapters from an earlier call keep training
+        for parameter in layer.adapter_parameters():
+            parameter.requires_grad_(True)
     for name in dict.fromkeys(chosen):
         base = modules[name]
         assert isinstance(base, nn.Linear)
@@ -143,22 +176,20 @@ def add_adapters(
 
 
 def merge_adapters(model: nn.Module) -> nn.Module:
-    """Replace every adapter layer by a plain ``nn.Linear`` holding its ``merged_weight()``.
+    """Merge every adapter into its base layer's weight, in place, and put the base layer back.
 
     The merged model computes the same function (in eval mode) with no extra cost per token.
+    Nothing is created: no randomness is drawn, and the base layers keep their class and hooks.
+    Every merged weight is checked for NaN/inf first; if one has any, a ``ValueError`` names the
+    layers and nothing is merged. A single layer can be merged and unmerged (LoRA) with
+    :meth:`~lowrank.lora.LoRALinear.merge` and :meth:`~lowrank.lora.LoRALinear.unmerge`.
     Modifies ``model`` in place and returns it.
     """
-    for name, layer in list(adapter_layers(model)):
-        base = layer.base
-        merged = nn.Linear(
-            base.in_features, base.out_features, bias=base.bias is not None,
-            device=base.weight.device, dtype=base.weight.dtype,
-        )
-        merged.weight.data.copy_(layer.merged_weight().detach())
-        if base.bias is not None:
-            merged.bias.data.copy_(base.bias.detach())
-        merged.requires_grad_(False)
-        _replace(model, name, merged)
+    layers = list(adapter_layers(model))
+    with torch.no_grad():
+        refuse_non_finite((name, layer.merged_weight()) for name, layer in layers)
+    for name, layer in layers:
+        _replace(model, name, layer.merge())
     return model
 
 

@@ -14,10 +14,20 @@ Forward without materialising a weight that needs a gradient: with
 
     y = g * (x @ W0.T + scaling * B(A(x))) + bias,
 
-which equals ``F.linear(x, m[:, None] * V / ||V||, bias)``. In training, a custom autograd
-function computes this product and, instead of keeping the ``[batch, tokens, out]`` tensor
-``x @ W0.T + scaling * B(A(x))`` for the magnitude's gradient, recomputes it in backward from
-the input that autograd keeps anyway: DoRA then holds about the memory of LoRA.
+which equals ``F.linear(x, m[:, None] * V / ||V||, bias)``. With dropout ``p > 0`` in training,
+the official DoRA code and PEFT drop out only the input of the *change* to ``W0 x``:
+
+    y = W0 x + bias + (g - 1) * W0 drop(x) + g * scaling * B(A(drop(x)))
+      = g * (W0 drop(x) + scaling * B(A(drop(x)))) + W0 (x - drop(x)) + bias,
+
+which this layer computes in the second form (one extra matmul, only while dropout acts).
+In training, a custom autograd function computes ``g * (W0 z + s B(A(z)))`` and, instead of
+keeping the ``[batch, tokens, out]`` product for the magnitude's gradient, recomputes it in
+backward from the input ``z`` that it keeps anyway: DoRA then holds about the memory of LoRA.
+
+The norm is recomputed at every forward, also in eval mode: a cache would have to notice every
+change of ``W0``, ``A``, ``B`` and ``scaling`` (writes through ``.data`` change no version counter),
+and checking ``W0`` costs what recomputing does. Merge (:meth:`DoRALinear.merge`) for inference.
 """
 
 from __future__ import annotations
@@ -25,44 +35,60 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-from lowrank.lora import LoRALinear
+from lowrank.lora import LoRALinear, compute_dtype
+
+
+def _product(z: torch.Tensor, weight: torch.Tensor, hidden: torch.Tensor, lora_B: torch.Tensor,
+             scaling: float) -> torch.Tensor:
+    """``z @ W.T + scaling * hidden @ B.T``, the thin matmul accumulated into the wide one's result (no extra pass)."""
+    product = F.linear(z, weight)
+    product.view(-1, product.shape[-1]).addmm_(hidden.reshape(-1, hidden.shape[-1]), lora_B.T, alpha=scaling)
+    return product
+
+
+def _gain_and_bias(product: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``product * gain + bias`` in one pass."""
+    return product * gain if bias is None else torch.addcmul(bias, product, gain)
 
 
 class _DoRAProduct(torch.autograd.Function):
-    """``(x @ W.T + s * B(A(x_lora))) * m / norm`` with memory-lean backward (norm is a constant)."""
+    """``gain * (z @ W.T + s * B(A(z))) + bias`` with a memory-lean backward; every tensor in one dtype.
+
+    ``gain = m / ||V||`` with the norm detached, so the frozen ``W`` (and bias) get no gradient and
+    ``gain``'s is the per-feature sum of ``grad * (z @ W.T + s * B(A(z)))``, recomputed here.
+    """
 
     @staticmethod
-    def forward(ctx, x, x_lora, weight, lora_A, lora_B, magnitude, norm, scaling):  # type: ignore[override]
-        hidden = F.linear(x_lora, lora_A)
-        pre = torch.add(F.linear(x, weight), F.linear(hidden, lora_B), alpha=scaling)
-        ctx.save_for_backward(x, x_lora, weight, lora_A, lora_B, magnitude, norm, hidden)
+    def forward(ctx, z, weight, lora_A, lora_B, gain, scaling, bias):  # type: ignore[override]
+        hidden = F.linear(z, lora_A)
+        ctx.save_for_backward(z, weight, lora_A, lora_B, gain, hidden)
         ctx.scaling = scaling
-        return pre * (magnitude / norm)
+        return _gain_and_bias(_product(z, weight, hidden, lora_B, scaling), gain, bias)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
-        x, x_lora, weight, lora_A, lora_B, magnitude, norm, hidden = ctx.saved_tensors
+        z, weight, lora_A, lora_B, gain, hidden = ctx.saved_tensors
         s = ctx.scaling
-        need_x, need_x_lora, _, need_A, need_B, need_m, _, _ = ctx.needs_input_grad
-        grad_scaled = grad_out * (magnitude / norm)
-        flat_grad = grad_scaled.reshape(-1, grad_scaled.shape[-1])
-        grad_x = grad_x_lora = grad_A = grad_B = grad_m = None
-        if need_m:  # recompute the pre-scaling output rather than keeping it from the forward
-            pre = torch.add(F.linear(x, weight), F.linear(hidden, lora_B), alpha=s)
-            grad_m = (grad_out * pre).reshape(-1, pre.shape[-1]).sum(0) / norm
+        need_z, _, need_A, need_B, need_gain, _, _ = ctx.needs_input_grad
+        grad_product = grad_out * gain
+        flat_grad = grad_product.reshape(-1, grad_product.shape[-1])
+        grad_z = grad_A = grad_B = grad_gain = None
+        if need_gain:  # recompute the product rather than keeping it from the forward
+            product = _product(z, weight, hidden, lora_B, s)
+            grad_gain = product.mul_(grad_out).reshape(-1, product.shape[-1]).sum(0)
         if need_B:
             grad_B = flat_grad.T @ hidden.reshape(-1, hidden.shape[-1]) * s
-        if need_A or need_x_lora:
-            grad_hidden = F.linear(grad_scaled, lora_B.T) * s
+        if need_A or need_z:
+            grad_hidden = F.linear(grad_product, lora_B.T) * s
             if need_A:
-                grad_A = grad_hidden.reshape(-1, grad_hidden.shape[-1]).T @ x_lora.reshape(-1, x_lora.shape[-1])
-            if need_x_lora:
-                grad_x_lora = F.linear(grad_hidden, lora_A.T)
-        if need_x:
-            grad_x = F.linear(grad_scaled, weight.T)
-        return grad_x, grad_x_lora, None, grad_A, grad_B, grad_m, None, None
+                grad_A = grad_hidden.reshape(-1, grad_hidden.shape[-1]).T @ z.reshape(-1, z.shape[-1])
+            if need_z:
+                grad_z = F.linear(grad_product, weight.T)  # W's part, plus the branch's accumulated in the matmul:
+                grad_z.view(-1, grad_z.shape[-1]).addmm_(grad_hidden.reshape(-1, grad_hidden.shape[-1]), lora_A)
+        return grad_z, None, grad_A, grad_B, grad_gain, None, None
 
 
 class DoRALinear(LoRALinear):
@@ -85,59 +111,58 @@ class DoRALinear(LoRALinear):
         super().__init__(base, rank, alpha, dropout)
         self.detach_norm = detach_norm
         with torch.no_grad():
-            self.magnitude = nn.Parameter(base.weight.norm(p=2, dim=1).clone())
-        self._cached_norm: torch.Tensor | None = None
-        self._cache_key: tuple[int, ...] | None = None
+            self.magnitude = nn.Parameter(torch.linalg.vector_norm(base.weight.to(self.lora_A.dtype), dim=1))
 
-    def _direction_norm_key(self) -> tuple[int, ...]:
-        tensors = (self.base.weight, self.lora_A, self.lora_B)
-        return tuple(v for t in tensors for v in (t.data_ptr(), t._version))
+    def _direction(self) -> torch.Tensor:
+        """``V = W0 + scaling * B @ A``, ``[out, in]``, in the adapters' dtype, autocast off (norms are not rounded)."""
+        if self.merged:
+            raise RuntimeError("this DoRALinear is merged: its base weight is m * V / ||V||, W0 is gone")
+        with torch.autocast(self.lora_A.device.type, enabled=False):
+            return torch.addmm(self.base.weight.to(self.lora_A.dtype), self.lora_B, self.lora_A, alpha=self.scaling)
 
     def direction_norm(self) -> torch.Tensor:
         """``||W0 + scaling * B @ A||`` per output row, shape ``[out_features]``.
 
-        Detached unless ``detach_norm`` is False and autograd is recording. In eval mode the
-        value is cached and recomputed only when the base weight or the factors change.
+        Detached unless ``detach_norm`` is False and autograd is recording.
         """
         if not self.detach_norm and torch.is_grad_enabled():
-            return self._norm_of_direction()
-        if not self.training:
-            key = self._direction_norm_key()
-            if self._cached_norm is None or key != self._cache_key:
-                with torch.no_grad():
-                    self._cached_norm = self._norm_of_direction()
-                self._cache_key = key
-            return self._cached_norm
+            return torch.linalg.vector_norm(self._direction(), dim=1)
         with torch.no_grad():
-            return self._norm_of_direction()
-
-    def _norm_of_direction(self) -> torch.Tensor:
-        return (self.base.weight + self.low_rank_update()).norm(p=2, dim=1)
-
-    def train(self, mode: bool = True) -> "DoRALinear":
-        self._cached_norm = None
-        self._cache_key = None
-        return super().train(mode)
+            return torch.linalg.vector_norm(self._direction(), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm = self.direction_norm()
+        if self.merged:
+            return self._merged_forward(x)
+        dtype = compute_dtype(x, self.base)
+        dropped = self.lora_dropout(x)
+        gain = (self.magnitude / self.direction_norm()).to(dtype)
+        z, weight, lora_A, lora_B = (t.to(dtype) for t in (dropped, self.base.weight, self.lora_A, self.lora_B))
+        bias = None if self.base.bias is None else self.base.bias.to(dtype)
         if self.detach_norm and torch.is_grad_enabled():
-            out = _DoRAProduct.apply(x, self.lora_dropout(x), self.base.weight, self.lora_A, self.lora_B,
-                                     self.magnitude, norm, self.scaling)
+            out = _DoRAProduct.apply(z, weight, lora_A, lora_B, gain, self.scaling, bias)
         else:
-            out = (F.linear(x, self.base.weight) + self.lora_branch(x)) * (self.magnitude / norm)
-        if self.base.bias is not None:
-            out = out + self.base.bias
+            out = _gain_and_bias(F.linear(z, weight) + self._branch(z), gain, bias)
+        if dropped is not x:  # dropout acted: W0 sees the whole input (module docstring)
+            out = out + F.linear((x - dropped).to(dtype), weight)
         return out
+
+    def _weight(self) -> torch.Tensor:
+        """``m[:, None] * V / ||V||_row`` from ``W0`` (so: unmerged layers only)."""
+        direction = self._direction()
+        return self.magnitude[:, None] * direction / torch.linalg.vector_norm(direction, dim=1, keepdim=True)
 
     def merged_weight(self) -> torch.Tensor:
         """``m[:, None] * V / ||V||_row``: the weight this layer applies (bias unchanged)."""
-        direction = self.base.weight + self.low_rank_update()
-        return self.magnitude[:, None] * direction / direction.norm(p=2, dim=1, keepdim=True)
+        return self.base.weight if self.merged else self._weight()
 
     def delta_weight(self) -> torch.Tensor:
         """The ``[out, in]`` update ``merged_weight() - W0`` (magnitude and direction together)."""
-        return self.merged_weight() - self.base.weight
+        return self._weight() - self.base.weight
+
+    def unmerge(self) -> None:
+        """Not offered: recovering ``W0`` from ``m * V / ||V||`` divides by ``m / ||V||``, which rounds (and
+        fails where ``m`` is 0). Keep a copy of the base weights, or reload them, to undo a DoRA merge."""
+        raise NotImplementedError("DoRA's merge is not exactly invertible; reload the base weights to undo it")
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", detach_norm={self.detach_norm}"

@@ -9,9 +9,17 @@ from collections.abc import Callable, Mapping
 import torch
 
 
-def _synchronize() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def synchronize(device: torch.device | str | None = None) -> None:
+    """Wait until a CUDA device has finished its queued work (nothing to wait for elsewhere).
+
+    GPU kernels run asynchronously: without this, a wall-clock reading measures how fast
+    Python launched the work, not the work. ``None``: the current CUDA device, if there is one.
+    """
+    if device is None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    elif torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def no_grad_forward(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> Callable[[], object]:
@@ -38,9 +46,9 @@ def interleaved_medians(functions: Mapping[str, Callable[[], object]], rounds: i
     times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(rounds):
         for name, function in functions.items():
-            _synchronize()
+            synchronize()
             start = time.perf_counter()
             function()
-            _synchronize()
+            synchronize()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}

@@ -16,6 +16,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from lowrank.timing import synchronize
+
 Snapshot = Callable[[nn.Module], dict[str, torch.Tensor]]
 
 PAPER_NO_DECAY = ("bias", "LayerNorm.weight")
@@ -61,9 +63,9 @@ def tokenize(data: DatasetDict | Dataset, tokenizer: PreTrainedTokenizerBase, ma
     return data.map(encode, batched=True, desc="tokenizing")
 
 
-def _collate(rows: list[dict], device: torch.device) -> dict[str, torch.Tensor]:
+def _collate(rows: list[dict], device: torch.device, pad_token_id: int) -> dict[str, torch.Tensor]:
     width = max(len(r["input_ids"]) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
     for i, r in enumerate(rows):
         n = len(r["input_ids"])
@@ -74,11 +76,15 @@ def _collate(rows: list[dict], device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def batches(
-    data: Dataset, batch_size: int, shuffle: bool, seed: int = 0, device: torch.device | str = "cpu"
+    data: Dataset, batch_size: int, shuffle: bool, seed: int = 0, device: torch.device | str = "cpu", *,
+    pad_token_id: int,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Dynamically padded batches (``input_ids``, ``attention_mask``, ``labels``).
 
-    Unshuffled batches are sorted by length, which wastes less compute on padding.
+    ``pad_token_id`` fills the padding: the tokenizer's ``pad_token_id`` (0 for BERT and DistilBERT,
+    1 for RoBERTa). Models read it from ``input_ids`` (RoBERTa's positions, GPT-2's last token),
+    so it must be the model's own. Unshuffled batches are sorted by length, which wastes less
+    compute on padding.
     """
     rows = data.select_columns(["input_ids", "label"]).to_list()
     if shuffle:
@@ -87,23 +93,34 @@ def batches(
     else:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     for start in range(0, len(order), batch_size):
-        yield _collate([rows[i] for i in order[start:start + batch_size]], torch.device(device))
+        yield _collate([rows[i] for i in order[start:start + batch_size]], torch.device(device), pad_token_id)
 
 
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def model_pad_token_id(model: nn.Module, pad_token_id: int | None = None) -> int:
+    """``pad_token_id`` if given, else the model's ``config.pad_token_id`` (set from its tokenizer's)."""
+    if pad_token_id is None:
+        pad_token_id = getattr(getattr(model, "config", None), "pad_token_id", None)
+    if pad_token_id is None:
+        raise ValueError(f"{type(model).__name__} has no config.pad_token_id: pass pad_token_id=tokenizer.pad_token_id "
+                         "(and set model.config.pad_token_id to it, e.g. the eos id for GPT-2)")
+    return int(pad_token_id)
+
+
 @torch.no_grad()
-def predict(model: nn.Module, data: Dataset, batch_size: int = 128) -> torch.Tensor:
-    """Logits for every row of a tokenised split, in the split's order."""
+def predict(model: nn.Module, data: Dataset, batch_size: int = 128, pad_token_id: int | None = None) -> torch.Tensor:
+    """Logits for every row of a tokenised split, in the split's order (padding: :func:`model_pad_token_id`)."""
     was_training = model.training
     model.eval()
     device = model_device(model)
     lengths = [len(x) for x in data["input_ids"]]
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     out: list[torch.Tensor] = []
-    for batch in batches(data, batch_size, shuffle=False, device=device):
+    for batch in batches(data, batch_size, shuffle=False, device=device,
+                         pad_token_id=model_pad_token_id(model, pad_token_id)):
         batch.pop("labels")
         out.append(model(**batch).logits.float().cpu())
     model.train(was_training)
@@ -113,9 +130,9 @@ def predict(model: nn.Module, data: Dataset, batch_size: int = 128) -> torch.Ten
     return restored
 
 
-def accuracy(model: nn.Module, data: Dataset, batch_size: int = 128) -> float:
+def accuracy(model: nn.Module, data: Dataset, batch_size: int = 128, pad_token_id: int | None = None) -> float:
     """Fraction of rows of a tokenised split whose argmax logit equals ``label``."""
-    predictions = predict(model, data, batch_size).argmax(-1)
+    predictions = predict(model, data, batch_size, pad_token_id).argmax(-1)
     return (predictions == torch.as_tensor(data["label"])).float().mean().item()
 
 
@@ -155,6 +172,7 @@ def train(
     snapshot: Snapshot | None = None,
     progress: bool = True,
     description: str = "training",
+    pad_token_id: int | None = None,
 ) -> TrainResult:
     """Fine-tune the trainable parameters of ``model`` with AdamW and a linear schedule.
 
@@ -167,6 +185,7 @@ def train(
         snapshot_steps / snapshot: after each listed step (0 = before training),
             store ``snapshot(model)`` in ``result.snapshots[step]``.
         progress: show a tqdm bar with the running loss.
+        pad_token_id: the padding id; default the model's ``config.pad_token_id`` (:func:`model_pad_token_id`).
 
     Ctrl-C (``KeyboardInterrupt``) stops training cleanly and returns what was done so far,
     with ``result.interrupted`` set, so a long run in a notebook is never lost.
@@ -185,6 +204,7 @@ def train(
     optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay, no_decay), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule_factor(s, total, warmup))
     device = model_device(model)
+    pad = model_pad_token_id(model, pad_token_id)
     wanted = set(snapshot_steps)
     result = TrainResult()
     if 0 in wanted and snapshot is not None:
@@ -193,15 +213,18 @@ def train(
     bar = tqdm(total=total, desc=description, disable=not progress, leave=True, mininterval=2.0)
     try:
         for epoch in range(epochs):
-            for batch in batches(train_data, batch_size, shuffle=True, seed=seed + epoch, device=device):
+            for batch in batches(train_data, batch_size, shuffle=True, seed=seed + epoch, device=device,
+                                 pad_token_id=pad):
                 if result.steps >= total:
                     break
+                synchronize(device)
                 start = time.perf_counter()
                 loss = model(**batch).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
+                synchronize(device)  # on a GPU, time the work, not the kernel launches
                 result.step_seconds.append(time.perf_counter() - start)
                 result.steps += 1
                 result.losses.append(loss.item())
@@ -210,7 +233,7 @@ def train(
                 if result.steps in wanted and snapshot is not None:
                     result.snapshots[result.steps] = snapshot(model)
                 if eval_data is not None and eval_every and result.steps % eval_every == 0 and result.steps < total:
-                    result.evaluations.append((result.steps, accuracy(model, eval_data)))
+                    result.evaluations.append((result.steps, accuracy(model, eval_data, pad_token_id=pad)))
                     model.train()
     except KeyboardInterrupt:
         result.interrupted = True
@@ -218,5 +241,5 @@ def train(
         bar.close()
         model.eval()
     if eval_data is not None:
-        result.evaluations.append((result.steps, accuracy(model, eval_data)))
+        result.evaluations.append((result.steps, accuracy(model, eval_data, pad_token_id=pad)))
     return result

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -147,7 +149,8 @@ experiments = {
     "LoRA all linear r=8": dict(targets=all_linear_targets, lr=1e-3),
     "full fine-tuning": dict(targets="all", lr=1e-4),
 }
-memory_batch = next(batches(data["train"].select(range(32)), 32, shuffle=False, device=device))
+memory_batch = next(batches(data["train"].select(range(32)), 32, shuffle=False, device=device,
+                            pad_token_id=tokenizer.pad_token_id))
 steps_per_epoch = -(-len(data["train"]) // profile.batch_size)
 eval_every = max(1, steps_per_epoch // 2)
 results, runs, trained = {}, {}, {}

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -100,6 +102,10 @@ plt.show()
 # `V` (and more) for every adapted layer. The paper treats `‖V‖` as a constant in backprop (`.detach()`):
 # the forward is unchanged, the gradient is slightly different, and the paper reports −24 % training memory
 # on LLaMA-7B with no loss of accuracy (Table 7).
+#
+# **Dropout.** With dropout `p > 0` in training, the official DoRA code and PEFT drop out only the input of the
+# *change* to `W0·x`, computing `W0·x + (g − 1)·W0·drop(x) + g·s·B·A·drop(x)` with `g = m/‖V‖`, not
+# `g·(W0·x + s·B·A·drop(x))`: the two agree only when nothing is dropped, and `lowrank.DoRALinear` computes the former.
 
 # %%
 class MyDoRALinear(nn.Module):
@@ -169,7 +175,7 @@ print("agrees with lowrank.DoRALinear:", torch.allclose(reference(x), mine(x), a
 # %%
 memory_batch = next(batches(
     tokenize(load_sentiment(dataset_name(), train_size=64, eval_size=16), tokenizer, profile.max_length)["train"],
-    32, shuffle=False))
+    32, shuffle=False, pad_token_id=tokenizer.pad_token_id))
 step_memory = {}
 for label, method, detach in [("LoRA", "lora", True), ("DoRA, norm detached (paper 4.3)", "dora", True),
                               ("DoRA, norm not detached", "dora", False)]:

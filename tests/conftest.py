@@ -9,16 +9,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 import torch
-from transformers import DistilBertConfig, DistilBertForSequenceClassification
+from transformers import DistilBertForSequenceClassification
 
+from tests.helpers import make_tiny_distilbert
 
-def make_tiny_distilbert(seed: int = 0, num_labels: int = 2) -> DistilBertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = DistilBertConfig(
-        vocab_size=100, max_position_embeddings=32, n_layers=2, n_heads=2, dim=16, hidden_dim=32,
-        dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0, num_labels=num_labels,
-    )
-    return DistilBertForSequenceClassification(config).eval()
+__all__ = ["make_tiny_distilbert"]  # test_persistence and test_analyze import it from here
 
 
 @pytest.fixture

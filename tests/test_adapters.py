@@ -1,5 +1,9 @@
+import copy
+
 import pytest
 import torch
+from torch import nn
+from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
 
 from lowrank import (
     DoRALinear,
@@ -7,10 +11,11 @@ from lowrank import (
     add_adapters,
     adapter_layers,
     count_parameters,
+    freeze_all_but_head,
     merge_adapters,
     targets_from_toggles,
 )
-from tests.test_layers import randomize
+from tests.helpers import randomize
 
 
 def test_toggles_map_to_distilbert_names():
@@ -74,3 +79,81 @@ def test_adapting_twice_is_refused(tiny_model):
     add_adapters(tiny_model, ["q_lin"])
     with pytest.raises(TypeError, match="already has an adapter"):
         add_adapters(tiny_model, ["q_lin"])
+
+
+def test_adapters_added_in_two_calls_all_train(tiny_model):
+    at_once = add_adapters(copy.deepcopy(tiny_model), ["q_lin", "v_lin"], rank=2, alpha=4)
+    add_adapters(tiny_model, ["q_lin"], rank=2, alpha=4)
+    add_adapters(tiny_model, ["v_lin"], method="dora", rank=2, alpha=4)
+    for name, layer in adapter_layers(tiny_model):
+        assert layer.lora_A.requires_grad and layer.lora_B.requires_grad, name
+        assert not any(p.requires_grad for p in layer.base.parameters()), name
+    assert count_parameters(tiny_model).trainable == count_parameters(at_once).trainable + 2 * 16  # + magnitudes
+
+
+def tiny_gpt2() -> GPT2ForSequenceClassification:
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=100, n_positions=32, n_embd=16, n_layer=1, n_head=2, pad_token_id=99)
+    return GPT2ForSequenceClassification(config).eval()
+
+
+def tiny_llama() -> LlamaForSequenceClassification:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=0)
+    return LlamaForSequenceClassification(config).eval()
+
+
+def test_the_head_is_found_by_what_the_model_is(tiny_model):
+    trainable = lambda model: sorted(n for n, p in model.named_parameters() if p.requires_grad)  # noqa: E731
+    assert trainable(freeze_all_but_head(tiny_gpt2())) == ["score.weight"]
+    assert trainable(add_adapters(tiny_llama(), ["q_proj", "v_proj"], rank=2, alpha=4)) == [
+        "model.layers.0.self_attn.q_proj.lora_A", "model.layers.0.self_attn.q_proj.lora_B",
+        "model.layers.0.self_attn.v_proj.lora_A", "model.layers.0.self_attn.v_proj.lora_B", "score.weight"]
+    assert trainable(freeze_all_but_head(tiny_model)) == [
+        "classifier.bias", "classifier.weight", "pre_classifier.bias", "pre_classifier.weight"]
+    assert trainable(freeze_all_but_head(tiny_model.distilbert)) == []  # a backbone has no head
+
+
+def test_a_named_head_that_is_missing_is_refused():
+    with pytest.raises(ValueError, match=r"'classifier', 'pre_classifier' not found.*transformer, score"):
+        freeze_all_but_head(tiny_gpt2(), ["classifier", "pre_classifier"])
+    with pytest.raises(ValueError, match="'classifier' not found"):
+        add_adapters(tiny_llama(), ["q_proj"], trainable_head=["classifier"])
+
+
+def test_merge_draws_no_randomness_and_keeps_the_base_layers(tiny_model, tiny_batch):
+    class Tagged(nn.Linear):
+        pass
+
+    layer0 = tiny_model.distilbert.transformer.layer[0].attention
+    tagged = Tagged(16, 16)
+    tagged.load_state_dict(layer0.q_lin.state_dict())
+    calls = []
+    tagged.register_forward_hook(lambda module, inputs, output: calls.append(output.shape))
+    layer0.q_lin = tagged
+    add_adapters(tiny_model, ["q_lin", "v_lin"], method="dora")
+    for _, layer in adapter_layers(tiny_model):
+        randomize(layer)
+    with torch.no_grad():
+        expected = tiny_model(**tiny_batch).logits
+        merged_weight = layer0.q_lin.merged_weight()
+        state = torch.get_rng_state()
+        merge_adapters(tiny_model)
+        assert torch.equal(torch.get_rng_state(), state)
+        assert layer0.q_lin is tagged and torch.equal(tagged.weight, merged_weight)
+        calls.clear()
+        torch.testing.assert_close(tiny_model(**tiny_batch).logits, expected, atol=1e-5, rtol=1e-5)
+    assert calls == [(3, 7, 16)]
+
+
+def test_merge_with_nan_or_inf_names_the_layer_and_merges_nothing(tiny_model):
+    add_adapters(tiny_model, ["q_lin", "v_lin"])
+    weights = {name: layer.base.weight.detach().clone() for name, layer in adapter_layers(tiny_model)}
+    with torch.no_grad():
+        tiny_model.distilbert.transformer.layer[1].attention.v_lin.lora_B.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"distilbert\.transformer\.layer\.1\.attention\.v_lin; nothing was merged"):
+        merge_adapters(tiny_model)
+    layers = dict(adapter_layers(tiny_model))
+    assert set(layers) == set(weights)
+    assert all(torch.equal(layers[name].base.weight, weights[name]) for name in weights)

@@ -6,16 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowrank import DoRALinear, LoRALinear
+from tests.helpers import randomize
 
-
-def randomize(layer: LoRALinear, seed: int = 0) -> LoRALinear:
-    """Give B (and the magnitude) non-trivial values, as after some training."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator))
-        if isinstance(layer, DoRALinear):
-            layer.magnitude.mul_(1 + 0.1 * torch.randn(layer.magnitude.shape, generator=generator))
-    return layer
+__all__ = ["randomize"]  # test_persistence imports it from here
 
 
 @pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
@@ -81,12 +74,23 @@ def test_dora_without_detach_backpropagates_through_the_norm():
     torch.testing.assert_close(full.lora_A.grad, direct.lora_A.grad, atol=1e-5, rtol=1e-4)
 
 
-def test_dora_eval_cache_follows_weight_changes():
-    layer = randomize(DoRALinear(nn.Linear(6, 5), rank=2, alpha=2)).eval()
+@pytest.mark.parametrize("change", ["scaling reassigned", "write through .data", "parameter replaced in place"])
+def test_dora_eval_forward_follows_every_change(change):
+    layer = randomize(DoRALinear(nn.Linear(6, 5), rank=2, alpha=2))
+    layer.lora_B = nn.Parameter(layer.lora_B.detach().clone())  # version 0, for the replacement below
+    layer.eval()
     x = torch.randn(3, 6)
     with torch.no_grad():
         layer(x)
-        layer.lora_B.add_(1.0)
+        if change == "scaling reassigned":
+            layer.scaling = 3.0
+        elif change == "write through .data":
+            layer.lora_B.data.add_(1.0)  # .data writes change no version counter
+        else:  # a new Parameter at the old one's address with the same version, as when freed memory is reused
+            reused = layer.lora_B.data
+            reused.data.copy_(torch.randn(reused.shape))
+            layer.lora_B = nn.Parameter(reused)
+            assert layer.lora_B.data_ptr() == reused.data_ptr() and layer.lora_B._version == 0
         expected = F.linear(x, layer.merged_weight(), layer.base.bias)
         torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
 
@@ -128,7 +132,8 @@ def test_base_must_be_linear():
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_dora_memory_lean_backward_matches_autograd_of_the_plain_expression(dropout):
+def test_dora_memory_lean_backward_matches_autograd_of_the_official_form(dropout):
+    """With dropout, DoRA is W0 x + b + (g - 1) W0 drop(x) + g s B A drop(x) (official code and PEFT)."""
     torch.manual_seed(0)
     layer = randomize(DoRALinear(nn.Linear(10, 8), rank=3, alpha=4, dropout=dropout)).train()
     x = torch.randn(2, 5, 10, requires_grad=True)
@@ -138,8 +143,45 @@ def test_dora_memory_lean_backward_matches_autograd_of_the_plain_expression(drop
     for t in (x, layer.lora_A, layer.lora_B, layer.magnitude):
         t.grad = None
     torch.manual_seed(1)
-    norm = (layer.base.weight + layer.low_rank_update()).norm(dim=1).detach()
-    plain = (F.linear(x, layer.base.weight) + layer.lora_branch(x)) * (layer.magnitude / norm) + layer.base.bias
-    plain.sin().sum().backward()
+    dropped = layer.lora_dropout(x)
+    gain = layer.magnitude / (layer.base.weight + layer.low_rank_update()).norm(dim=1).detach()
+    official = (layer.base(x) + (gain - 1) * F.linear(dropped, layer.base.weight)
+                + gain * layer.scaling * F.linear(F.linear(dropped, layer.lora_A), layer.lora_B))
+    official.sin().sum().backward()
     for got, expected in zip(lean, (x.grad, layer.lora_A.grad, layer.lora_B.grad, layer.magnitude.grad)):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
+def test_merge_writes_into_the_base_weight_and_lora_unmerges(cls):
+    torch.manual_seed(0)
+    layer = randomize(cls(nn.Linear(12, 20), rank=3, alpha=5)).eval()
+    original = layer.base.weight.detach().clone()
+    x = torch.randn(4, 12)
+    with torch.no_grad():
+        expected, merged_weight = layer(x), layer.merged_weight()
+        base = layer.merge()
+        assert base is layer.base and layer.merged
+        torch.testing.assert_close(base.weight, merged_weight)
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="unmerge"):
+        layer.train()(x)
+    if cls is LoRALinear:
+        layer.unmerge()
+        torch.testing.assert_close(layer.base.weight, original, atol=1e-6, rtol=0)
+        with torch.no_grad():
+            torch.testing.assert_close(layer.eval()(x), expected, atol=1e-5, rtol=1e-5)
+    else:
+        with pytest.raises(NotImplementedError, match="not exactly invertible"):
+            layer.unmerge()
+
+
+@pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
+def test_merge_refuses_nan_and_inf_and_writes_nothing(cls):
+    layer = randomize(cls(nn.Linear(6, 4), rank=2, alpha=2))
+    original = layer.base.weight.detach().clone()
+    with torch.no_grad():
+        layer.lora_B[1, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        layer.merge()
+    assert not layer.merged and torch.equal(layer.base.weight, original)

@@ -1,13 +1,27 @@
+from types import SimpleNamespace
+
 import pytest
+import torch
 
-from lowrank.timing import interleaved_medians
+import lowrank.timing
+from lowrank.timing import interleaved_medians, no_grad_forward, synchronize
 
 
-def test_calls_in_turn_and_reports_each():
+def test_calls_in_turn_and_reports_each_median(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(lowrank.timing, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    durations = {"a": iter([100, 1, 9, 3]), "b": iter([100, 5, 6, 50])}  # the first call is the warm-up
     calls = []
-    medians = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3)
-    assert calls == ["a", "b"] * 4  # one warm-up round, then three
-    assert set(medians) == {"a", "b"} and all(v >= 0 for v in medians.values())
+
+    def contender(name):
+        def run():
+            calls.append(name)
+            clock[0] += next(durations[name])
+        return run
+
+    medians = interleaved_medians({"a": contender("a"), "b": contender("b")}, rounds=3)
+    assert calls == ["a", "b"] * 4
+    assert medians == {"a": 3, "b": 6}
 
 
 def test_rounds_must_be_positive():
@@ -16,10 +30,16 @@ def test_rounds_must_be_positive():
 
 
 def test_no_grad_forward_runs_without_autograd():
-    import torch
-
-    from lowrank.timing import no_grad_forward
-
     layer = torch.nn.Linear(3, 2)
     output = no_grad_forward(lambda x: layer(x), {"x": torch.ones(1, 3)})()
     assert output.shape == (1, 2) and not output.requires_grad
+
+
+def test_synchronize_waits_for_cuda_devices_only(monkeypatch):
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    synchronize("cpu")
+    synchronize(torch.device("cpu"))
+    assert waited == []
+    synchronize(torch.device("cuda", 0))
+    assert waited == [torch.device("cuda", 0)]
