@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
+from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
 import lowrank
@@ -25,6 +27,8 @@ from lowrank.timing import interleaved_medians, no_grad_forward
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ["q_lin", "v_lin"]
+RANK = 8
+PHASES = ("forward", "backward", "optimizer")
 
 
 def make_batch(tokenizer, device, batch_size=32, length=64):
@@ -37,10 +41,10 @@ def make_batch(tokenizer, device, batch_size=32, length=64):
 
 def contenders(model):
     def ours(method):
-        return lowrank.add_adapters(copy.deepcopy(model), TARGETS, method=method, rank=8, alpha=16)
+        return lowrank.add_adapters(copy.deepcopy(model), TARGETS, method=method, rank=RANK, alpha=16)
 
     def peft(dora):
-        config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, use_dora=dora,
+        config = LoraConfig(r=RANK, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, use_dora=dora,
                             modules_to_save=["pre_classifier", "classifier"])
         return get_peft_model(copy.deepcopy(model), config)
 
@@ -54,12 +58,68 @@ def training_step(model, batch):
     model.train()
 
     def step():
-        loss = model(**batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with record_function("forward"):
+            loss = model(**batch).loss
+        with record_function("backward"):
+            loss.backward()
+        with record_function("optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def _phase(event) -> str:
+    """The step phase (record_function above) an operator ran in; autograd's GPU threads have none: backward."""
+    while event is not None:
+        if event.name in PHASES:
+            return event.name
+        event = event.cpu_parent
+    return "backward"
+
+
+def _category(event, phase: str) -> str:
+    name = event.name
+    if phase == "optimizer":
+        return "optimizer (AdamW, zero_grad)"
+    if name in PHASES or name.startswith(("autograd::", "Optimizer.")):
+        return "outside operators (Python, modules, autograd engine)"
+    if name in ("aten::mm", "aten::addmm"):  # LoRA's thin matmuls have the rank as a dimension
+        if any(RANK in shape for shape in event.input_shapes if len(shape) == 2):
+            return "LoRA branch matmuls"
+        return "frozen and head matmuls (linear layers, FFN)"
+    if any(part in name for part in ("bmm", "softmax", "scaled_dot_product")):
+        return "attention (bmm, softmax)"
+    return "elementwise and the rest (add, mul, copy, layer norm, GELU, dropout, embedding)"
+
+
+def profile_step(model, batch, steps: int = 3) -> tuple[dict[str, tuple[float, float]], list[tuple[str, float]]]:
+    """Where one training step's time goes: ``{category: (seconds, GFLOP)}`` per step, and the top operators.
+
+    Self time of each operator (device time on a GPU), grouped by what it does; the thin matmuls
+    with the adapter rank as a dimension are the LoRA branch. The FLOPs (matmuls only) show how
+    fast each kind of matmul ran inside the step.
+    """
+    step = training_step(model, batch)
+    step()
+    cuda = next(model.parameters()).is_cuda
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, record_shapes=True, with_flops=True) as profiler:
+        for _ in range(steps):
+            step()
+    seconds: dict[str, float] = defaultdict(float)
+    flops: dict[str, float] = defaultdict(float)
+    by_operator: dict[str, float] = defaultdict(float)
+    for event in profiler.events():
+        time = (event.self_device_time_total if cuda else event.self_cpu_time_total) / 1e6 / steps
+        category = _category(event, _phase(event))
+        seconds[category] += time
+        flops[category] += (event.flops or 0) / 1e9 / steps
+        if not category.startswith("outside"):
+            shapes = "x".join(str(list(shape)) for shape in event.input_shapes if shape)
+            by_operator[f"{event.name} {shapes}"] += time
+    top = sorted(by_operator.items(), key=lambda item: -item[1])[:8]
+    return {name: (seconds[name], flops[name]) for name in sorted(seconds, key=lambda name: -seconds[name])}, top
 
 
 def step_flops(model, batch) -> int:
@@ -94,7 +154,7 @@ def main() -> None:
         print(f"  {name:>13}: {seconds:.3f}")
 
     memory = {name: training_step_memory(m, batch) for name, m in models.items()}
-    no_detach = lowrank.add_adapters(copy.deepcopy(model), TARGETS, method="dora", rank=8, alpha=16)
+    no_detach = lowrank.add_adapters(copy.deepcopy(model), TARGETS, method="dora", rank=RANK, alpha=16)
     for _, layer in lowrank.adapter_layers(no_detach):
         layer.detach_norm = False
     memory["lowrank DoRA, norm not detached"] = training_step_memory(no_detach, batch)
@@ -111,11 +171,23 @@ def main() -> None:
     merged = lowrank.merge_adapters(copy.deepcopy(lora)).eval()
     inference_batch = {k: v for k, v in batch.items() if k != "labels"}
 
-    latency = interleaved_medians({"base": no_grad_forward(base, inference_batch), "merged LoRA": no_grad_forward(merged, inference_batch), "unmerged LoRA": no_grad_forward(lora, inference_batch),
-                           "unmerged DoRA (eval cache)": no_grad_forward(dora, inference_batch)}, args.rounds)
+    latency = interleaved_medians({"base": no_grad_forward(base, inference_batch),
+                                   "merged LoRA": no_grad_forward(merged, inference_batch),
+                                   "unmerged LoRA": no_grad_forward(lora, inference_batch),
+                                   "unmerged DoRA": no_grad_forward(dora, inference_batch)}, args.rounds)
     print("\ninference, median seconds per batch:")
     for name, seconds in latency.items():
-        print(f"  {name:>26}: {seconds:.3f}")
+        print(f"  {name:>13}: {seconds:.3f}")
+
+    breakdown, top = profile_step(models["lowrank LoRA"], batch)
+    total = sum(seconds for seconds, _ in breakdown.values())
+    print("\nwhere the lowrank LoRA step goes (torch.profiler, self time; the profiler adds its own overhead):")
+    for name, (seconds, gflop) in breakdown.items():
+        rate = f"  ({gflop / seconds:.0f} GFLOP/s)" if gflop else ""
+        print(f"  {100 * seconds / total:5.1f} %  {1000 * seconds:7.1f} ms  {name}{rate}")
+    print("top operators:")
+    for name, seconds in top:
+        print(f"  {100 * seconds / total:5.1f} %  {1000 * seconds:7.1f} ms  {name}")
 
     flops = step_flops(models["lowrank LoRA"], batch)
     rate = matmul_rate(device)
@@ -132,18 +204,20 @@ def main() -> None:
         / memory["lowrank DoRA, norm not detached"].training_extra,
         "merged / base inference": latency["merged LoRA"] / latency["base"],
         "unmerged / merged inference": latency["unmerged LoRA"] / latency["merged LoRA"],
+        "unmerged DoRA / unmerged LoRA inference": latency["unmerged DoRA"] / latency["unmerged LoRA"],
         "LoRA step FLOP rate / matmul rate": achieved / rate,
     }
     print(f"\nLoRA step: {flops / 1e9:.1f} GFLOP in {steps['lowrank LoRA']:.3f} s = {achieved / 1e9:.0f} GFLOP/s; "
           f"torch.mm 2048^3: {rate / 1e9:.0f} GFLOP/s")
     print("\nratios (one run, interleaved):")
     for name, value in ratios.items():
-        print(f"  {name:>38}: {value:.3f}")
+        print(f"  {name:>39}: {value:.3f}")
 
     results = {"device": str(device), "threads": torch.get_num_threads(), "rounds": args.rounds,
                "step_seconds": steps, "step_memory_mb": {k: v.training_extra / MB for k, v in memory.items()},
                "inference_seconds": latency, "lora_step_gflop": flops / 1e9, "matmul_gflops": rate / 1e9,
-               "ratios": ratios}
+               "lora_step_profile": {name: {"seconds": t, "gflop": f} for name, (t, f) in breakdown.items()},
+               "lora_step_top_operators": dict(top), "ratios": ratios}
     (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, ROOT / "figures" / "bench.png")
     print("\nwrote bench/results.json and figures/bench.png")
