@@ -290,7 +290,7 @@ def write_outputs(points: Sequence[RunPoint], out: Path, formats: Sequence[str] 
 
     if not points:
         raise ValueError("no points to write")
-    if "matplotlib.pyplot" not in sys.modules:  # headless: no display needed
+    if "matplotlib.pyplot" not in sys.modules and "ipykernel" not in sys.modules:  # a command: no display needed
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -22,8 +22,9 @@ What a save survives, and what a load refuses:
   them with the wrong rank or alpha). An exported ``adapter_model.safetensors`` also records the
   configuration values it belongs with, and :func:`import_peft` refuses a configuration that differs.
 * **Other settings**: loading into a model that already has adapters refuses any difference in
-  method, alpha, dropout or targets, naming the field and both values; a difference in rank shows as
-  a shape difference of the factors, refused with both shapes.
+  method, rank, alpha, dropout or targets, naming the field and both values. Another backbone of
+  another size is refused at the first tensor whose shape differs; the recorded backbone name is
+  not compared.
 """
 
 from __future__ import annotations
