@@ -101,7 +101,7 @@ class MechanismRow:
     With the decayed part of the weight shrunk by ``c`` (1 where the decay does not touch the
     row norm: LoRA's frozen W0, an exempt magnitude), write each row as ``c·w0 + g``. Then
     ``‖c·w0 + g‖ − ‖w0‖ ≈ (c − 1)‖w0‖ + ⟨ŵ0, g⟩ + ‖g⊥‖²/(2c‖w0‖)`` and
-    ``1 − cos ≈ ‖g⊥‖²/(2‖c·w0 + g∥‖²)``; all columns are means over the matrix's rows.
+    ``1 − cos ≈ ‖g⊥‖²/(2(c‖w0‖ + g∥)²)`` with ``g∥ = ⟨ŵ0, g⟩``; all columns are means over the matrix's rows.
     """
 
     condition: str

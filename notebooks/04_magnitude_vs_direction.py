@@ -194,8 +194,9 @@ for kind, per_method in [("query", query_points), ("value", value_points)]:
 # %% [markdown]
 # ### Does the sign depend on the learning rate or the seed?
 #
-# Full fine-tuning is where we disagree with the paper, so we repeat it: once with a 3× larger learning rate, once with
-# another seed (another data order and head initialisation), the same number of steps, query matrices only.
+# Full fine-tuning's sign is the clearest disagreement with the paper, so we repeat it: once with a 3× larger learning
+# rate, once with another seed (another data order and head initialisation), the same number of steps, query matrices
+# only. (DoRA's runs are repeated under many more conditions in notebook 06.)
 
 # %%
 query_only = r"\.q_lin$"
@@ -240,18 +241,19 @@ for label, spec in methods.items():
           f"(notebook 06 explains the estimate)")
 
 # %% [markdown]
-# Decay shrinks every row in proportion to its norm and leaves its direction alone, while a gradient step of a given
-# size turns a small-norm row more than a large one. At the paper's strength, decay makes most of FT's ΔM (the
-# weights themselves are decayed) and of DoRA's (its magnitude vector is decayed too, in the paper's official code),
-# and none of LoRA's (decay reaches only `A` and `B`, never `W0`'s row norms). Across layers, large-norm layers then
-# lose more magnitude and turn less: a negative slope within checkpoints for FT and DoRA, a positive one for LoRA —
-# the paper's pattern. Notebook 06 measures this, shows which part of each ΔM comes from decay and which from the
-# gradient, and shows that the pooled number the paper plots also depends on where its checkpoints sit.
+# Decay of the parameter that carries a row's norm (FT's weight, DoRA's magnitude) shrinks the row in proportion to its
+# norm and leaves its direction alone, while a gradient step of a given size turns a small-norm row more than a large
+# one. In notebook 06's runs at our estimate of the paper's strength, decay makes most of FT's ΔM and of DoRA's (its
+# magnitude vector is decayed too, in the paper's official code) and has no direct term in LoRA's (decay reaches only
+# `A` and `B`, never `W0`'s row norms). Large-norm layers then lose more magnitude and turn less: a negative slope
+# within checkpoints for FT and DoRA in the short regime (intervals exclude zero; in the longer regime they reach
+# zero) and a positive one for LoRA. Notebook 06 shows which part of each ΔM comes from decay and which from the
+# gradient, and that the pooled number the paper plots also depends on where its checkpoints sit.
 #
 # **DoRA's magnitude moves early.** The last table of section 4 shows how much of each method's final ΔM and ΔD is
-# already there at the first checkpoint. Compare DoRA's two fractions: Adam trains `m` directly, each entry moving by
-# about the learning rate every step from the first, while the direction changes only as the low-rank update `B·A`
-# grows from zero.
+# already there at the first checkpoint. Adam trains DoRA's `m` directly: each entry can move by up to about the
+# learning rate per step, from the first step. Its direction changes only as the low-rank update `B·A` grows from
+# zero, and ΔD grows with the *square* of the angle, so an early ΔD fraction is small even when the angle is not.
 #
 # Our setting still differs from the paper's in ways the study cannot remove: a 22.7 M-parameter sentence-embedding
 # model read through its first token instead of VL-BART, one binary tweet task instead of multi-task

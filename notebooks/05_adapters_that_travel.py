@@ -21,8 +21,11 @@
 # PEFT's format, loads it with PEFT, and imports it back into the from-scratch layers — comparing logits at
 # every hop. The last section draws the DoRA paper's Figure 2 for a run saved on disk, as a researcher would for theirs.
 #
-# Files are safetensors, never pickles: loading a file cannot run code. A save is written to a temporary file
-# and renamed into place, so a crash mid-save leaves the previous save intact.
+# Files are safetensors, never pickles: loading a file cannot run code. Both files of a save are written under
+# temporary names and renamed into place, so a crash never leaves a half-written file, nor one save's configuration
+# beside another's tensors (at worst the readable `adapter_config.json` is missing until the next save). Each file
+# also records an XXH3-128 digest of every tensor, since safetensors has no checksum, and every load checks them and
+# names a tensor whose bytes changed.
 #
 # **Runtime on a 2-core laptop CPU:** about 30 seconds (`LOWRANK_PROFILE=quick`), about 2 minutes (`full`); the last
 # section (a short 🤗 Trainer run and the ΔM/ΔD analysis of its checkpoints) is about half of it.
@@ -100,9 +103,10 @@ print("imported logits equal the original's (to 1e-5):", torch.allclose(predict(
 # %% [markdown]
 # ## When the folder does not fit
 #
-# Loading into a model that already has adapters checks every setting: a folder saved with another method, rank,
-# alpha, dropout or targets is refused with the field and both values (another backbone, with the first mismatching
-# tensor and both shapes); a damaged file is refused as damaged. The model is left untouched.
+# Loading into a model that already has adapters compares method, rank, alpha, dropout and targets, and refuses a
+# difference naming the field and both values; that model is left untouched. A backbone of another size is refused at
+# the first tensor whose shape differs (one with the same shapes is not detected: the recorded backbone name is not
+# compared). A damaged file is refused as damaged.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -128,7 +132,8 @@ except ValueError as error:
 #
 # * `python -m lowrank.analyze` reads only the matrices `--modules` selects, straight from the safetensors files,
 #   one block of rows at a time: no model class, no `from_pretrained`, memory flat whatever the model's size (see
-#   the README's benchmark). Adapters are analysed from their factors `A`, `B` (and DoRA's `m`), never merged.
+#   the README's benchmark; the course's `embedded` base is the exception, converted in memory). Adapters are
+#   analysed from their factors `A`, `B` (and DoRA's `m`), never merged.
 # * `MagnitudeDirectionCallback` measures the same numbers *during* a Trainer run (full fine-tuning, PEFT, or
 #   `lowrank`'s adapters; under DDP on the main process only) and writes the CSV and figure at the end.
 #
@@ -138,6 +143,7 @@ except ValueError as error:
 # %%
 from peft import LoraConfig, get_peft_model
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 
 from lowrank.analyze import main as analyze
 from lowrank.trainer_callback import MagnitudeDirectionCallback
@@ -154,8 +160,10 @@ arguments = TrainingArguments(output_dir=str(workdir / "trainer-run"), max_steps
                               per_device_train_batch_size=profile.batch_size, save_strategy="steps", save_steps=every,
                               save_only_model=True, logging_strategy="no", report_to=[], seed=0, disable_tqdm=True,
                               dataloader_pin_memory=False)
-Trainer(model=peft_dora, args=arguments, train_dataset=data["train"].remove_columns("text"),
-        data_collator=DataCollatorWithPadding(tokenizer), callbacks=[callback]).train()
+trainer = Trainer(model=peft_dora, args=arguments, train_dataset=data["train"].remove_columns("text"),
+                  data_collator=DataCollatorWithPadding(tokenizer), callbacks=[callback])
+trainer.remove_callback(PrinterCallback)  # it would print the run's timing, which differs on every machine
+trainer.train()
 print("checkpoints:", sorted(p.name for p in (workdir / "trainer-run").iterdir()))
 
 # %% [markdown]
@@ -165,8 +173,15 @@ print("checkpoints:", sorted(p.name for p in (workdir / "trainer-run").iterdir()
 # --modules 'q_lin$' --out analysis/`.
 
 # %%
-status = analyze(["--run", f"PEFT DoRA={workdir / 'trainer-run'}", "--base", backbone_name(), "--modules", "q_lin$",
-                  "--out", str(workdir / "command"), "--bootstrap", "500", "--no-progress"])
+import contextlib
+import io
+
+with contextlib.redirect_stdout(io.StringIO()) as log:
+    status = analyze(["--run", f"PEFT DoRA={workdir / 'trainer-run'}", "--base", backbone_name(), "--modules",
+                      "q_lin$", "--out", str(workdir / "command"), "--bootstrap", "500", "--no-progress"])
+print(log.getvalue().replace(str(workdir), "<folder>"))
+assert status == 0, "the analysis failed: see the message above"
+
 
 # %%
 # NBVAL_CHECK_OUTPUT
