@@ -24,7 +24,7 @@
 # This notebook answers *which* norm (the paper's columns are PyTorch's rows), builds the layer, measures the
 # paper's memory trick, checks the layer against PEFT, and trains it against LoRA.
 #
-# **Runtime on a 2-core laptop CPU:** about 30 seconds (`LOWRANK_PROFILE=quick`), about 8 minutes (`full`), measured.
+# **Runtime on a 2-core laptop CPU:** about 30 seconds (`LOWRANK_PROFILE=quick`), 8–12 minutes (`full`), measured on two machines (12 at 272 GFLOP/s).
 
 # %%
 import copy

@@ -27,7 +27,7 @@
 # also records an XXH3-128 digest of every tensor, since safetensors has no checksum, and every load checks them and
 # names a tensor whose bytes changed.
 #
-# **Runtime on a 2-core laptop CPU:** about 30 seconds (`LOWRANK_PROFILE=quick`), about 2 minutes (`full`); the last
+# **Runtime on a 2-core laptop CPU:** about 30 seconds (`LOWRANK_PROFILE=quick`), about 1½ minutes (`full`, measured at 272 GFLOP/s); the last
 # section (a short 🤗 Trainer run and the ΔM/ΔD analysis of its checkpoints) is about half of it.
 
 # %%

@@ -31,7 +31,7 @@
 # It writes `figures/06_ablation_points.csv` (one row per layer, matrix, checkpoint and run), which this notebook
 # reads; in every profile the notebook also re-runs a tiny version of one condition, so you see the machinery work.
 #
-# **Runtime on a 2-core laptop CPU:** about 1½ minutes in either profile (`LOWRANK_PROFILE=quick` or `full`);
+# **Runtime on a 2-core laptop CPU:** under a minute in either profile (16 s measured in `full` at 272 GFLOP/s);
 # the study itself is not re-run here.
 
 # %%
