@@ -24,6 +24,7 @@ course: $(STAMP)
 		echo "== $$nb (profile $${LOWRANK_PROFILE:-full})"; start=$$(date +%s); \
 		$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.kernel_name=python3 $$nb || exit 1; \
+		$(BIN)/python tools/clean_outputs.py $$nb || exit 1; \
 		echo "   done in $$(( $$(date +%s) - start )) s"; \
 	done
 
