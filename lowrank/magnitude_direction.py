@@ -119,25 +119,6 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 CORRELATIONS: dict[str, Callable[[Sequence[float], Sequence[float]], float]] = {"pearson": pearson, "spearman": spearman}
 
 
-def bootstrap_interval(
-    x: Sequence[float], y: Sequence[float], samples: int = 2000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the Pearson correlation, resampling points.
-
-    Only right for independent points; points of one layer at several checkpoints are not:
-    use :func:`layer_bootstrap_interval` for those.
-    """
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(samples):
-        index = rng.integers(0, len(x), len(x))
-        value = pearson(x[index], y[index])
-        if not np.isnan(value):
-            values.append(value)
-    return _percentile_interval(values, level)
-
-
 def _percentile_interval(values: Sequence[float], level: float) -> tuple[float, float]:
     values = [v for v in values if not np.isnan(v)]
     if not values:
@@ -213,19 +194,6 @@ def layer_bootstrap_samples(points: Sequence[ChangePoint], samples: int = 2000, 
                 copies[key] = [replace(p, module=f"{p.module}#{i}", layer=None) for p in members[clusters[c]]]
             sample += copies[key]
         yield sample
-
-
-def layer_bootstrap_interval(
-    points: Sequence[ChangePoint],
-    statistic: Callable[[Sequence[ChangePoint]], float],
-    samples: int = 2000,
-    level: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile interval of ``statistic(points)`` under :func:`layer_bootstrap_samples`."""
-    if len({_cluster(p) for p in points}) < 2:
-        return float("nan"), float("nan")
-    return _percentile_interval([statistic(s) for s in layer_bootstrap_samples(points, samples, seed)], level)
 
 
 @dataclass(frozen=True)
