@@ -18,15 +18,10 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 # Runs the notebooks in order with the full profile, headless, saving outputs into the
-# notebooks and figures into figures/. LOWRANK_PROFILE=quick make course for a fast pass.
+# notebooks and figures into figures/, and prints where the time went (figures/course_times.json).
+# LOWRANK_PROFILE=quick make course: a fast pass written to build/quick/ (committed files untouched).
 course: $(STAMP)
-	@for nb in $(NOTEBOOKS); do \
-		echo "== $$nb (profile $${LOWRANK_PROFILE:-full})"; start=$$(date +%s); \
-		$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
-			--ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.kernel_name=python3 $$nb || exit 1; \
-		$(BIN)/python tools/clean_outputs.py $$nb || exit 1; \
-		echo "   done in $$(( $$(date +%s) - start )) s"; \
-	done
+	HF_HUB_OFFLINE=1 $(BIN)/python tools/run_course.py
 
 # Package tests (seconds) then every notebook under nbval in the quick profile, offline.
 test: $(STAMP)

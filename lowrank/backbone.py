@@ -25,6 +25,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from lowrank.timing import timed_phase
+
 EMBEDDED = "embedded"
 HUB_DISTILBERT = "distilbert-base-uncased"
 
@@ -106,6 +108,7 @@ def _load_embedded(num_labels: int) -> tuple[DistilBertForSequenceClassification
     return model, tokenizer
 
 
+@timed_phase("load model")
 def load_backbone(
     name: str = EMBEDDED, num_labels: int = 2, seed: int | None = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

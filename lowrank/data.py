@@ -16,6 +16,8 @@ from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
+from lowrank.timing import timed_phase
+
 EMBEDDED = "embedded"
 HUB_IMDB = "imdb"
 LABEL_NAMES = ["negative", "positive"]
@@ -79,6 +81,7 @@ def _balanced_split(
     return DatasetDict(out)
 
 
+@timed_phase("load data")
 def load_sentiment(
     name: str = EMBEDDED,
     train_size: int | None = 8000,

@@ -1,12 +1,73 @@
-"""Fair timing on a noisy machine: interleave the contenders and report medians."""
+"""Fair timing on a noisy machine (interleave the contenders, report medians), and where a run's time goes.
+
+:func:`phase` adds the wall time of a block to a named total (training steps, evaluation,
+tokenizing, ...); with ``$LOWRANK_PHASE_LOG`` set, the totals are written to that JSON file
+after every phase, which is how ``tools/run_course.py`` breaks a notebook's time down.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import torch
+
+PHASE_LOG_VAR = "LOWRANK_PHASE_LOG"
+_phase_seconds: defaultdict[str, float] = defaultdict(float)
+_open_phases: list[str] = []
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def phase_seconds() -> dict[str, float]:
+    """Wall seconds spent so far in each named phase of this process."""
+    return dict(_phase_seconds)
+
+
+def add_phase_seconds(name: str, seconds: float) -> None:
+    """Add ``seconds`` to the phase ``name`` (and to ``$LOWRANK_PHASE_LOG`` when set)."""
+    _phase_seconds[name] += seconds
+    log = os.environ.get(PHASE_LOG_VAR, "").strip()
+    if log:
+        Path(log).write_text(json.dumps(_phase_seconds, indent=1))
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Count the block's wall time under ``name``; a phase nested in another phase is not counted
+    twice (the outer one keeps the time), so the totals add up to at most the elapsed time."""
+    if _open_phases:
+        yield
+        return
+    _open_phases.append(name)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        _open_phases.pop()
+        add_phase_seconds(name, time.perf_counter() - start)
+
+
+def timed_phase(name: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorator form of :func:`phase`."""
+
+    def wrap(function: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(function)
+        def timed(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            with phase(name):
+                return function(*args, **kwargs)
+
+        return timed
+
+    return wrap
 
 
 def synchronize(device: torch.device | str | None = None) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from lowrank.timing import synchronize
+from lowrank.timing import add_phase_seconds, phase, synchronize, timed_phase
 
 Snapshot = Callable[[nn.Module], dict[str, torch.Tensor]]
 
@@ -53,6 +53,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@timed_phase("tokenize")
 def tokenize(data: DatasetDict | Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int = 64):
     """Add ``input_ids``/``attention_mask`` (truncated, unpadded) to every split; keep ``label``."""
 
@@ -110,6 +111,7 @@ def model_pad_token_id(model: nn.Module, pad_token_id: int | None = None) -> int
     return int(pad_token_id)
 
 
+@timed_phase("evaluate")
 @torch.no_grad()
 def predict(model: nn.Module, data: Dataset, batch_size: int = 128, pad_token_id: int | None = None) -> torch.Tensor:
     """Logits for every row of a tokenised split, in the split's order (padding: :func:`model_pad_token_id`)."""
@@ -208,7 +210,8 @@ def train(
     wanted = set(snapshot_steps)
     result = TrainResult()
     if 0 in wanted and snapshot is not None:
-        result.snapshots[0] = snapshot(model)
+        with phase("snapshot"):
+            result.snapshots[0] = snapshot(model)
     model.train()
     bar = tqdm(total=total, desc=description, disable=not progress, leave=True, mininterval=2.0)
     try:
@@ -231,7 +234,8 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{statistics.fmean(result.losses[-20:]):.3f}")
                 if result.steps in wanted and snapshot is not None:
-                    result.snapshots[result.steps] = snapshot(model)
+                    with phase("snapshot"):
+                        result.snapshots[result.steps] = snapshot(model)
                 if eval_data is not None and eval_every and result.steps % eval_every == 0 and result.steps < total:
                     result.evaluations.append((result.steps, accuracy(model, eval_data, pad_token_id=pad)))
                     model.train()
@@ -240,6 +244,7 @@ def train(
     finally:
         bar.close()
         model.eval()
+        add_phase_seconds("train steps", sum(result.step_seconds))
     if eval_data is not None:
         result.evaluations.append((result.steps, accuracy(model, eval_data, pad_token_id=pad)))
     return result

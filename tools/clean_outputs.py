@@ -1,4 +1,4 @@
-"""Drop warning messages that carry this machine's paths from executed notebooks' stderr outputs.
+"""Drop warning messages that carry this machine's paths, empty stderr and per-cell timestamps from executed notebooks.
 
 `make course` runs it after executing each notebook, so committed outputs show no absolute paths
 (tqdm's "IProgress not found" notice, library deprecation warnings). Other output is untouched.
@@ -31,20 +31,26 @@ def clean(text: str) -> str:
     return "".join(out)
 
 
+def clean_notebook(notebook: nbformat.NotebookNode) -> None:
+    """Clean one executed notebook in place: path-bearing warnings, empty stderr, per-cell timestamps."""
+    for cell in notebook.cells:
+        cell.get("metadata", {}).pop("execution", None)
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                output["text"] = clean(output["text"])
+                if not output["text"].strip():
+                    continue
+            kept.append(output)
+        cell["outputs"] = kept
+
+
 def main(paths: list[str]) -> None:
     for path in paths:
         notebook = nbformat.read(path, as_version=4)
-        for cell in notebook.cells:
-            if cell.cell_type != "code":
-                continue
-            kept = []
-            for output in cell.get("outputs", []):
-                if output.get("output_type") == "stream" and output.get("name") == "stderr":
-                    output["text"] = clean(output["text"])
-                    if not output["text"].strip():
-                        continue
-                kept.append(output)
-            cell["outputs"] = kept
+        clean_notebook(notebook)
         nbformat.write(notebook, path)
 
 

@@ -1,0 +1,155 @@
+"""Run the course's notebooks in order and say where the time went (`make course`).
+
+    python tools/run_course.py [notebooks/02_lora_on_distilbert.ipynb ...]
+
+Each notebook runs headless in a fresh kernel. With the ``full`` profile (the default) the
+executed notebooks replace the committed ones and the figures go to ``figures/``; with
+``LOWRANK_PROFILE=quick`` nothing committed is touched: notebooks and figures are written
+under ``build/quick/`` instead. Outputs are cleaned (``tools/clean_outputs.py``) before saving.
+
+The breakdown comes from two sources: each cell's execution time (recorded by nbclient, then
+dropped from the saved notebook), and the phase totals the package records while it trains,
+evaluates, tokenizes and loads (``lowrank.timing.phase``). "other" is the rest: kernel start,
+imports, analysis and plotting in the notebook's own cells. The table is printed and written
+to ``course_times.json`` beside the figures, with the machine's fp32 ``torch.mm`` rate, so
+times can be scaled to another machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clean_outputs import clean_notebook  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PHASES = ("load model", "load data", "tokenize", "train steps", "evaluate", "snapshot")
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 8) -> float:
+    """fp32 ``torch.mm`` rate of this machine at torch's current thread count (best of a few)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def cell_seconds(cell: nbformat.NotebookNode) -> float:
+    """Execution time of one executed code cell, from nbclient's timing metadata."""
+    timing = cell.get("metadata", {}).get("execution", {})
+    start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+    if not start or not end:
+        return 0.0
+    parse = lambda stamp: datetime.fromisoformat(stamp.replace("Z", "+00:00"))  # noqa: E731
+    return (parse(end) - parse(start)).total_seconds()
+
+
+def run_notebook(path: Path, out_path: Path, figures: Path | None) -> dict:
+    """Execute ``path`` in a fresh kernel, save it cleaned to ``out_path``, return its timings."""
+    notebook = nbformat.read(path, as_version=4)
+    with tempfile.TemporaryDirectory() as scratch:
+        log = Path(scratch) / "phases.json"
+        saved = {name: os.environ.get(name) for name in ("LOWRANK_PHASE_LOG", "LOWRANK_FIGURES")}
+        os.environ["LOWRANK_PHASE_LOG"] = str(log)
+        if figures is not None:
+            os.environ["LOWRANK_FIGURES"] = str(figures)
+        client = NotebookClient(notebook, timeout=None, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}}, record_timing=True)
+        start = time.perf_counter()
+        try:
+            client.execute()
+        except (CellExecutionError, KeyboardInterrupt):
+            failed = ROOT / "build" / "failed" / path.name
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            nbformat.write(notebook, failed)
+            print(f"   stopped: the executed part is in {failed.relative_to(ROOT)}; {path.name} is unchanged")
+            raise
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        total = time.perf_counter() - start
+        phases = json.loads(log.read_text()) if log.exists() else {}
+    cells = [(cell_seconds(cell), cell.source.strip().splitlines()[0][:70] if cell.source.strip() else "")
+             for cell in notebook.cells if cell.cell_type == "code"]
+    clean_notebook(notebook)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, out_path)
+    phases = {name: round(seconds, 1) for name, seconds in phases.items()}
+    other = max(0.0, total - sum(phases.values()))
+    slowest = sorted(cells, reverse=True)[:3]
+    return {"seconds": round(total, 1), "phases": phases, "other": round(other, 1),
+            "slowest_cells": [{"seconds": round(s, 1), "first_line": line} for s, line in slowest]}
+
+
+def print_table(timings: dict[str, dict]) -> None:
+    names = [p for p in PHASES if any(p in t["phases"] for t in timings.values())]
+    extra = sorted({p for t in timings.values() for p in t["phases"]} - set(PHASES))
+    columns = names + extra + ["other"]
+    print(f"\n{'notebook':<44}{'total s':>9}" + "".join(f"{c:>13}" for c in columns))
+    for notebook, t in timings.items():
+        values = [t["phases"].get(c, 0.0) for c in names + extra] + [t["other"]]
+        print(f"{notebook:<44}{t['seconds']:>9,.0f}" + "".join(f"{v:>13,.0f}" for v in values))
+    total = sum(t["seconds"] for t in timings.values())
+    sums = [sum(t["phases"].get(c, 0.0) for t in timings.values()) for c in names + extra]
+    sums.append(sum(t["other"] for t in timings.values()))
+    print(f"{'all':<44}{total:>9,.0f}" + "".join(f"{v:>13,.0f}" for v in sums))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/NN_*.ipynb in order")
+    args = parser.parse_args()
+    notebooks = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    profile = os.environ.get("LOWRANK_PROFILE", "full").strip().lower() or "full"
+    if profile == "full":
+        out_folder, figures, report = None, None, ROOT / "figures" / "course_times.json"
+    else:
+        scratch = ROOT / "build" / profile
+        out_folder, figures, report = scratch / "notebooks", scratch / "figures", scratch / "course_times.json"
+        print(f"profile {profile}: executed notebooks and figures go to {scratch.relative_to(ROOT)}/ "
+              "(the committed full-profile ones are not touched)")
+    rate = matmul_gflops()
+    import torch
+
+    threads = torch.get_num_threads()
+    print(f"fp32 torch.mm 2048^3 on this machine: {rate:,.0f} GFLOP/s with {threads} thread(s)")
+    timings: dict[str, dict] = {}
+    for path in notebooks:
+        path = path.resolve()
+        out_path = path if out_folder is None else out_folder / path.name
+        print(f"== {path.relative_to(ROOT)} (profile {profile})", flush=True)
+        timings[path.name] = run_notebook(path, out_path, figures)
+        print(f"   done in {timings[path.name]['seconds']:,.0f} s", flush=True)
+    print_table(timings)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps({
+        "profile": profile, "matmul_gflops_fp32": round(rate), "torch_threads": threads,
+        "cpu": platform.processor() or platform.machine(), "date": datetime.now().isoformat(timespec="minutes"),
+        "notebooks": timings, "total_seconds": round(sum(t["seconds"] for t in timings.values()), 1),
+    }, indent=1) + "\n")
+    print(f"breakdown written to {report.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
