@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import lowrank
 from lowrank.memory import MB, training_step_memory
-from lowrank.profile import backbone_name, default_device
+from lowrank.settings import backbone_name, default_device
 from lowrank.timing import interleaved_medians, no_grad_forward
 
 ROOT = Path(__file__).resolve().parent.parent

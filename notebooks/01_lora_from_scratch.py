@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lowrank
-from lowrank.profile import backbone_name, current_profile, dataset_name, figure_path
+from lowrank.settings import backbone_name, current_profile, dataset_name, figure_path
 from lowrank.training import seed_everything
 
 profile = current_profile()

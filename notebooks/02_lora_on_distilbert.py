@@ -34,7 +34,7 @@ import torch
 import lowrank
 from lowrank.data import load_sentiment
 from lowrank.memory import MB, training_step_memory
-from lowrank.profile import backbone_name, current_profile, dataset_name, default_device, figure_path
+from lowrank.settings import backbone_name, current_profile, dataset_name, default_device, figure_path
 from lowrank.training import accuracy, batches, predict, seed_everything, tokenize, train
 
 profile = current_profile()
@@ -58,7 +58,7 @@ print(profile)
 # **To use the real DistilBERT and IMDB** (needs the hub):
 # `LOWRANK_BACKBONE=distilbert-base-uncased LOWRANK_DATASET=imdb make course`, or in a cell
 # `lowrank.load_backbone("distilbert-base-uncased")` and `load_sentiment("imdb")`. Nothing else changes
-# (IMDB reviews are long: raise `max_length` in `lowrank/profile.py` for serious results).
+# (IMDB reviews are long: raise `max_length` in `lowrank/settings.py` for serious results).
 
 # %%
 model, tokenizer = lowrank.load_backbone(backbone_name())

@@ -37,7 +37,7 @@ from torch import nn
 import lowrank
 from lowrank.data import load_sentiment
 from lowrank.memory import training_step_memory
-from lowrank.profile import backbone_name, current_profile, dataset_name, default_device, figure_path
+from lowrank.settings import backbone_name, current_profile, dataset_name, default_device, figure_path
 from lowrank.training import accuracy, batches, predict, seed_everything, tokenize, train
 
 profile = current_profile()

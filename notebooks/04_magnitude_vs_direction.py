@@ -42,7 +42,7 @@ from lowrank.magnitude_direction import (
     plot_change_points,
     points_as_rows,
 )
-from lowrank.profile import backbone_name, current_profile, dataset_name, default_device, figure_path
+from lowrank.settings import backbone_name, current_profile, dataset_name, default_device, figure_path
 from lowrank.training import accuracy, seed_everything, tokenize, train
 
 profile = current_profile()

@@ -41,7 +41,7 @@ from peft import PeftModel
 import lowrank
 from lowrank.data import load_sentiment
 from lowrank.persistence import export_peft, import_peft, load_adapters, save_adapters
-from lowrank.profile import backbone_name, current_profile, dataset_name
+from lowrank.settings import backbone_name, current_profile, dataset_name
 from lowrank.training import predict, seed_everything, tokenize, train
 
 profile = current_profile()

@@ -47,7 +47,7 @@ import torch
 
 from lowrank import figure2
 from lowrank.magnitude_direction import magnitude_direction_change, pooled_correlation
-from lowrank.profile import REPOSITORY_FIGURES, current_profile, figure_path
+from lowrank.settings import REPOSITORY_FIGURES, current_profile, figure_path
 
 profile = current_profile()
 STUDY = REPOSITORY_FIGURES  # the committed study results
