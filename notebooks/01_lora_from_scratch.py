@@ -112,12 +112,28 @@ plt.show()
 #
 # * **One factor starts at zero** so that `W' = W` at step 0: training starts *exactly* at the pretrained
 #   model. The paper and PEFT zero `B`, the factor applied last, and draw `A` at random (PEFT: Kaiming-uniform).
-#   Then `B` receives a gradient at step 0 (`∂L/∂B = (α/r)·(∂L/∂y)ᵀ·(A x)`, and `A x ≠ 0`) while `A` does not yet.
+#   Then `B` receives a gradient at step 0 while `A` does not yet: for one input `x` with output gradient
+#   `g = ∂L/∂y`, `∂L/∂B = (α/r)·g·(A x)ᵀ`, an outer product of shape `[out × r]`, nonzero since `A x ≠ 0`;
+#   `∂L/∂A = (α/r)·Bᵀ g xᵀ`, which is zero while `B = 0`. Over a batch (rows of `X`, `G`): `(α/r)·Gᵀ(X Aᵀ)`.
+#   The cell below checks both against autograd.
 # * **`α/r`, not `α`**: see section 3, measured.
 # * **Dropout** acts on the input of the LoRA branch only: `y = W x + b + (α/r)·B A·dropout(x)`.
 #   The frozen path sees the clean input, exactly as in the pretrained model.
 #
-# We build the layer now, one piece at a time.
+# We build the layer now, one piece at a time, after checking the gradients just stated.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+torch.manual_seed(0)
+rank_demo, alpha_demo, X = 4, 8, torch.randn(5, 12)         # a batch of 5 inputs, in = 12
+A = (torch.randn(rank_demo, 12) / 12 ** 0.5).requires_grad_()  # [r, in], random
+B = torch.zeros(7, rank_demo, requires_grad=True)             # [out, r], zero: out = 7
+Y = (alpha_demo / rank_demo) * X @ A.T @ B.T                   # the LoRA branch, [5, out]
+G = torch.randn_like(Y)                                         # some upstream gradient ∂L/∂Y
+Y.backward(G)
+formula_B = (alpha_demo / rank_demo) * G.T @ (X @ A.T)          # (α/r)·Gᵀ(X Aᵀ): [out, r]
+print("∂L/∂B shape:", tuple(B.grad.shape), "- matches (α/r)·Gᵀ(X Aᵀ):", torch.allclose(B.grad, formula_B, atol=1e-6))
+print("∂L/∂A is zero while B = 0:", bool((A.grad == 0).all()))
 
 # %%
 class MyLoRALinear(nn.Module):
@@ -185,7 +201,7 @@ def first_step_update_norm(rank: int, scaling: float, seed: int = 0) -> float:
     x, target = torch.randn(64, 384), torch.randn(64, 384)
     F.mse_loss(layer(x), target).backward()
     optimizer.step()
-    return (layer.delta_weight().norm() / layer.base.weight.norm()).item()
+    return (layer.low_rank_update().norm() / layer.base.weight.norm()).item()
 
 
 alpha = 16
@@ -276,24 +292,49 @@ for name, seconds in latency.items():
 #
 # ## 6. The seed article's mistakes, run
 #
-# This course grew out of a short blog article on LoRA and DoRA (2024). Its code has bugs that are easy to
-# copy. Each one below is executed, so you can see what it does.
+# This course grew out of a short blog article, "LoRA和DoRA" ("LoRA and DoRA", in Chinese, by 张广益, 16 May 2024),
+# which fine-tunes DistilBERT with both. Its code has bugs that are easy to copy. Each one below is executed, so
+# you can see what it does.
 #
 # > **The seed article's mistakes**
-# > 1. *Text and code disagree on the zero factor.* The text says `A` is zero and `B` Gaussian; the code
-# >    does the opposite, with shapes transposed from `nn.Linear`'s. Either zero factor gives `W' = W` at the
-# >    start, but only a zero factor does: if you "fix" the disagreement by making both random, training no
-# >    longer starts from the pretrained model.
+# > 1. *Text and code disagree on the zero factor.* The text says "在初始化时，矩阵 A 为零矩阵，B 为随机的高斯分布"
+# >    ("at initialisation, A is a zero matrix and B random Gaussian"); its `LoRALayer` does the opposite (run
+# >    below), with shapes transposed from `nn.Linear`'s. Either zero factor gives `W' = W` at the start, but
+# >    only a zero factor does: if you "fix" the disagreement by making both random, training no longer starts
+# >    from the pretrained model. Its `DoRALayer` then zeros the *input-side* factor (`lora_B`, `[r, in]`,
+# >    applied to `x` first), where the LoRA paper and PEFT zero the output-side `B`: a different
+# >    initialisation (Hayou et al., 2024, compare the two and find zeroing `B` trains better).
 # > 2. *It scales by `α`, not `α/r`*: changing `r` silently changes the step size (section 3).
 # > 3. *DoRA's norm over `dim=0`* of an `[out, in]` weight normalises input columns, not output rows —
-# >    and on square matrices nothing complains. Notebook 03 shows the wrong magnitudes it produces.
+# >    and nothing complains, on any shape: the `[1, in]` magnitude broadcasts against the `[out, in]` weight
+# >    (run below on a 6-in, 4-out layer; notebook 03 on DistilBERT's non-square `ffn.lin1`). Notebook 03
+# >    shows the wrong magnitudes it produces.
 # > 4. *`DoRALayer` cannot run*: it uses `nn`/`F` without importing them, breaks when `bias` is `None`,
 # >    declares `lora_dropout` and never uses it, and its example `forward` returns an undefined `logits`.
 # > 5. *No detach of the norm*: more memory than the paper's method (notebook 03 measures it).
 
 # %%
 # NBVAL_CHECK_OUTPUT
-# Mistake 1: a layer where neither factor is zero does not start at the pretrained model.
+# Mistake 1: the article's LoRALayer, as printed, next to its text ("A is zero, B Gaussian").
+class SeedLoRALayer(torch.nn.Module):
+    def __init__(self, in_dim, out_dim, rank, alpha):
+        super().__init__()
+        std_dev = 1 / torch.sqrt(torch.tensor(rank).float())
+        self.A = torch.nn.Parameter(torch.randn(in_dim, rank) * std_dev)
+        self.B = torch.nn.Parameter(torch.zeros(rank, out_dim))
+        self.alpha = alpha
+
+    def forward(self, x):
+        x = self.alpha * (x @ self.A @ self.B)
+        return x
+
+
+seed_lora = SeedLoRALayer(12, 7, rank=4, alpha=8)
+for factor in ("A", "B"):
+    tensor = getattr(seed_lora, factor)
+    print(f"code's {factor}: shape {tuple(tensor.shape)}, all zero: {bool((tensor == 0).all())}")
+
+# And a layer where neither factor is zero does not start at the pretrained model.
 torch.manual_seed(0)
 both_random = lowrank.LoRALinear(nn.Linear(384, 384), rank=8, alpha=16)
 with torch.no_grad():
@@ -301,7 +342,7 @@ with torch.no_grad():
 x = torch.randn(8, 384)
 print("both random, output equals base at step 0:", torch.allclose(both_random(x), both_random.base(x)))
 print(f"relative change of the weight before any training: "
-      f"{(both_random.delta_weight().norm() / both_random.base.weight.norm()).item():.1f}x ‖W‖")
+      f"{(both_random.low_rank_update().norm() / both_random.base.weight.norm()).item():.1f}x ‖W‖")
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -358,8 +399,22 @@ try:
 except NameError as error:
     print("example forward:", type(error).__name__, "-", error)
 
+# %%
+# NBVAL_CHECK_OUTPUT
+# The article sets `lora_dropout = 0.05`, then builds its layers with
+# `partial(LinearWithLoRA, rank=lora_r, alpha=lora_alpha)` and `partial(DoRALayer, rank=lora_r, alpha=lora_alpha)`.
+import inspect
+
+for seed_class in (SeedLoRALayer, SeedDoRALayer):
+    parameters = list(inspect.signature(seed_class.__init__).parameters)[1:]
+    print(f"{seed_class.__name__} takes {parameters}: a dropout argument? {any('dropout' in p for p in parameters)}")
+print("seed DoRALayer on a 6-in, 4-out layer with its [1, in] magnitude runs without complaint, output",
+      tuple(layer(torch.randn(2, 6)).shape))
+print("seed DoRALayer's zero factor:", "lora_B" if bool((layer.lora_B == 0).all()) else "lora_A",
+      tuple(layer.lora_B.shape), "= [r, in], the input side")
+
 # %% [markdown]
-# The article's `lora_dropout = 0.05` is a variable that no layer receives: training with it is training
+# So the article's `lora_dropout = 0.05` is a variable that no layer receives: training with it is training
 # without dropout. In `lowrank`, `dropout` is an argument of every adapter and acts on the LoRA branch.
 #
 # **Next:** notebook 02 puts these layers into DistilBERT and fine-tunes it on sentiment.
