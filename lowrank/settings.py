@@ -64,6 +64,23 @@ def dataset_name() -> str:
     return os.environ.get(DATASET_VAR, "").strip() or "embedded"
 
 
+BACKBONE_DISPLAY_NAMES = {"embedded": "all-MiniLM-L6-v2 (DistilBERT layout)"}
+DATASET_DISPLAY_NAMES = {"embedded": "tweet sentiment (embedded)", "imdb": "IMDB reviews"}
+
+
+def backbone_display_name(name: str | None = None) -> str:
+    """How figure titles and printouts name backbone ``name`` (default: :func:`backbone_name`):
+    what ``embedded`` is, any other name as given."""
+    name = backbone_name() if name is None else str(name)
+    return BACKBONE_DISPLAY_NAMES.get(name, name)
+
+
+def dataset_display_name(name: str | None = None) -> str:
+    """How figure titles and printouts name dataset ``name`` (default: :func:`dataset_name`)."""
+    name = dataset_name() if name is None else str(name)
+    return DATASET_DISPLAY_NAMES.get(name, name)
+
+
 def default_device() -> torch.device:
     """The first CUDA device if there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
