@@ -39,7 +39,7 @@ from lowrank.checkpoints import (
     same_model,
     select_modules,
 )
-from lowrank.magnitude_direction import ChangePoint, correlation_summary, layer_index, plot_change_points
+from lowrank.magnitude_direction import MagnitudeDirectionPoint, correlation_summary, layer_index, plot_points
 from lowrank.row_changes import FullUpdate, magnitude_direction_changes
 
 DEFAULT_MODULES = r"(q_proj|q_lin|query)$"
@@ -61,9 +61,10 @@ class RunPoint:
     delta_m: float
     delta_d: float
 
-    def change_point(self) -> ChangePoint:
-        """As :class:`~lowrank.magnitude_direction.ChangePoint` (its ``method`` is the run) for statistics and plots."""
-        return ChangePoint(self.run, self.module, self.layer, self.step, self.delta_m, self.delta_d)
+    def as_point(self) -> MagnitudeDirectionPoint:
+        """As a :class:`~lowrank.magnitude_direction.MagnitudeDirectionPoint` (its ``method`` is the run), for
+        statistics and plots."""
+        return MagnitudeDirectionPoint(self.run, self.module, self.layer, self.step, self.delta_m, self.delta_d)
 
 
 @dataclass(frozen=True)
@@ -220,11 +221,11 @@ def _module_map(modules: dict[str, str], checkpoint: Checkpoint, aliases: dict[s
 # Outputs: CSV, correlations, the figure
 
 
-def runs_of(points: Sequence[RunPoint]) -> dict[str, list[ChangePoint]]:
+def runs_of(points: Sequence[RunPoint]) -> dict[str, list[MagnitudeDirectionPoint]]:
     """Change points per run, in order of first appearance."""
-    out: dict[str, list[ChangePoint]] = {}
+    out: dict[str, list[MagnitudeDirectionPoint]] = {}
     for point in points:
-        out.setdefault(point.run, []).append(point.change_point())
+        out.setdefault(point.run, []).append(point.as_point())
     return out
 
 
@@ -261,7 +262,7 @@ def plot_runs(points: Sequence[RunPoint]):
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs) + 1.2, 3.9), squeeze=False)
     handles_by_run = []
     for ax, (run, members) in zip(axes[0], runs.items()):
-        _, handles = plot_change_points(members, ax=ax, title=run)
+        _, handles = plot_points(members, ax=ax, title=run)
         handles_by_run.append(handles)
     steps = [sorted({p.step for p in members}) for members in runs.values()]
     layers = [sorted({p.layer for p in members if p.layer is not None}) for members in runs.values()]

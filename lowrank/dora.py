@@ -155,8 +155,11 @@ class DoRALinear(LoRALinear):
         """``m[:, None] * V / ||V||_row``: the weight this layer applies (bias unchanged)."""
         return self.base.weight if self.merged else self._weight()
 
-    def delta_weight(self) -> torch.Tensor:
-        """The ``[out, in]`` update ``merged_weight() - W0`` (magnitude and direction together)."""
+    def merged_minus_base(self) -> torch.Tensor:
+        """The ``[out, in]`` change ``merged_weight() - W0``: magnitude and direction together.
+
+        Not :meth:`low_rank_update` (``s * B @ A``, PEFT's ``get_delta_weight``), which changes only ``V``.
+        """
         return self._weight() - self.base.weight
 
     def unmerge(self) -> None:

@@ -39,7 +39,12 @@ from pathlib import Path
 
 import torch
 
-from lowrank.magnitude_direction import ChangePoint, change_points, layer_index, merged_linear_weights
+from lowrank.magnitude_direction import (
+    MagnitudeDirectionPoint,
+    layer_index,
+    magnitude_direction_points,
+    merged_linear_weights,
+)
 from lowrank.training import PAPER_NO_DECAY, schedule_factor
 
 METHODS = ("FT", "LoRA", "DoRA")
@@ -250,7 +255,7 @@ def run_one(condition: Condition, method: str, model, data, progress: bool = Tru
     seconds = time.perf_counter() - start
     if result.interrupted:
         raise KeyboardInterrupt
-    points = change_points(method, result.snapshots, pretrained)
+    points = magnitude_direction_points(method, result.snapshots, pretrained)
     decay = row_norm_decay(condition, method)
     mechanism = mechanism_rows(condition.name, method, result.snapshots, pretrained, decay)
     record = RunRecord(condition.name, method, regime.name, regime.steps, regime.batch_size, regime.lr[method],
@@ -259,7 +264,7 @@ def run_one(condition: Condition, method: str, model, data, progress: bool = Tru
     return points, mechanism, record
 
 
-POINT_COLUMNS = ["condition"] + [f.name for f in fields(ChangePoint)]
+POINT_COLUMNS = ["condition"] + [f.name for f in fields(MagnitudeDirectionPoint)]
 MECHANISM_COLUMNS = [f.name for f in fields(MechanismRow)]
 
 
@@ -293,9 +298,10 @@ def read_csv(path: Path) -> list[dict]:
     return rows
 
 
-def points_of(rows: Sequence[Mapping], condition: str, method: str, module_suffix: str) -> list[ChangePoint]:
-    """The :class:`ChangePoint` s of one condition, method and matrix type (``"q_lin"``/``"v_lin"``)."""
-    return [ChangePoint(r["method"], r["module"], r["layer"], r["step"], r["delta_m"], r["delta_d"])
+def points_of(rows: Sequence[Mapping], condition: str, method: str,
+              module_suffix: str) -> list[MagnitudeDirectionPoint]:
+    """The points of one condition, method and matrix type (``"q_lin"``/``"v_lin"``)."""
+    return [MagnitudeDirectionPoint(r["method"], r["module"], r["layer"], r["step"], r["delta_m"], r["delta_d"])
             for r in rows if r["condition"] == condition and r["method"] == method
             and r["module"].endswith(module_suffix)]
 
@@ -382,7 +388,7 @@ def chosen_steps(rows: Sequence[Mapping], condition: str, placement: str) -> lis
 
 
 def study_points(rows: Sequence[Mapping], condition: str, method: str, module_suffix: str,
-                 placement: str = "even") -> list[ChangePoint]:
+                 placement: str = "even") -> list[MagnitudeDirectionPoint]:
     """One panel's points: a condition, a method, a matrix type, at the placement's checkpoints."""
     keep = set(chosen_steps(rows, condition, placement))
     return [p for p in points_of(rows, condition, method, module_suffix) if p.step in keep]
@@ -411,7 +417,7 @@ def plot_study(rows: Sequence[Mapping], conditions: Sequence[str], module_suffix
     """A grid of Figure-2 panels: one row per condition, one column per method."""
     import matplotlib.pyplot as plt
 
-    from lowrank.magnitude_direction import plot_change_points
+    from lowrank.magnitude_direction import plot_points
 
     fig, axes = plt.subplots(len(conditions), len(METHODS), figsize=(13, 3.6 * len(conditions)), squeeze=False)
     handles = []
@@ -419,7 +425,7 @@ def plot_study(rows: Sequence[Mapping], conditions: Sequence[str], module_suffix
         for ax, method in zip(row_axes, METHODS):
             points = study_points(rows, condition, method, module_suffix, placement)
             if points:
-                _, handles = plot_change_points(points, ax=ax, title=f"{condition}: {method}")
+                _, handles = plot_points(points, ax=ax, title=f"{condition}: {method}")
             else:
                 ax.set_axis_off()
     fig.legend(handles=handles, loc="center right", fontsize=8)

@@ -109,18 +109,26 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.lora_branch(x)
 
     def low_rank_update(self) -> torch.Tensor:
-        """The ``[out, in]`` matrix ``(alpha / rank) * B @ A`` (rank at most ``rank``)."""
+        """The ``[out, in]`` matrix ``(alpha / rank) * B @ A`` (rank at most ``rank``): PEFT's ``get_delta_weight``.
+
+        For DoRA too this is ``s * B @ A``, the change of the direction ``V``, not of the layer's weight:
+        see :meth:`merged_minus_base`.
+        """
         return (self.lora_B @ self.lora_A) * self.scaling
 
-    def delta_weight(self) -> torch.Tensor:
-        """The ``[out, in]`` update ``merged_weight() - W``; for LoRA, ``(alpha / rank) * B @ A``."""
+    def merged_minus_base(self) -> torch.Tensor:
+        """The ``[out, in]`` change that merging makes to the base weight: ``merged_weight() - W0``.
+
+        For LoRA it is :meth:`low_rank_update`; for DoRA it also holds the magnitude's rescaling of every row,
+        so it is not ``s * B @ A``.
+        """
         return self.low_rank_update()
 
     def merged_weight(self) -> torch.Tensor:
-        """``W + delta``: the weight of an ``nn.Linear`` that computes this layer in eval mode."""
+        """``W0 + (alpha / rank) * B @ A``: the weight of an ``nn.Linear`` that computes this layer in eval mode."""
         if self.merged:
             return self.base.weight
-        return self.base.weight + self.delta_weight()
+        return self.base.weight + self.low_rank_update()
 
     @torch.no_grad()
     def merge(self) -> nn.Linear:
@@ -142,7 +150,7 @@ class LoRALinear(nn.Module):
         """Undo :meth:`merge`: subtract the update again (exact up to the rounding of the weight's dtype)."""
         if not self.merged:
             raise RuntimeError("unmerge() without merge(): the base weight holds no update")
-        self.base.weight.sub_(self.delta_weight().to(self.base.weight.dtype))
+        self.base.weight.sub_(self.low_rank_update().to(self.base.weight.dtype))
         self.merged = False
 
     def extra_repr(self) -> str:

@@ -61,7 +61,7 @@ def layer_index(name: str) -> int | None:
 
 
 @dataclass(frozen=True)
-class ChangePoint:
+class MagnitudeDirectionPoint:
     """One (ΔD, ΔM) point: a module of one run at one training step."""
 
     method: str
@@ -72,11 +72,11 @@ class ChangePoint:
     delta_d: float
 
 
-def change_points(
+def magnitude_direction_points(
     method: str,
     snapshots: Mapping[int, Mapping[str, torch.Tensor]],
     pretrained: Mapping[str, torch.Tensor],
-) -> list[ChangePoint]:
+) -> list[MagnitudeDirectionPoint]:
     """ΔM/ΔD of every snapshotted module at every step against its pretrained weight."""
     points = []
     for step in sorted(snapshots):
@@ -84,7 +84,7 @@ def change_points(
             if module not in pretrained:
                 raise ValueError(f"module {module!r} of step {step} has no pretrained weight")
             delta_m, delta_d = magnitude_direction_change(weight, pretrained[module])
-            points.append(ChangePoint(method, module, layer_index(module), step, delta_m, delta_d))
+            points.append(MagnitudeDirectionPoint(method, module, layer_index(module), step, delta_m, delta_d))
     return points
 
 
@@ -128,17 +128,17 @@ def _percentile_interval(values: Sequence[float], level: float) -> tuple[float, 
     return float(low), float(high)
 
 
-def _cluster(point: ChangePoint) -> str:
+def _cluster(point: MagnitudeDirectionPoint) -> str:
     """What a point is nested in: its layer (or, without a layer number, its module)."""
     return str(point.layer) if point.layer is not None else point.module
 
 
-def pooled_correlation(points: Sequence[ChangePoint], kind: str = "pearson") -> float:
+def pooled_correlation(points: Sequence[MagnitudeDirectionPoint], kind: str = "pearson") -> float:
     """Correlation of ΔD with ΔM over all points (the paper's Figure 2 number)."""
     return CORRELATIONS[kind]([p.delta_d for p in points], [p.delta_m for p in points])
 
 
-def within_checkpoint_correlation(points: Sequence[ChangePoint], kind: str = "pearson") -> float:
+def within_checkpoint_correlation(points: Sequence[MagnitudeDirectionPoint], kind: str = "pearson") -> float:
     """Correlation across layers with the shared time trend removed.
 
     Pearson: subtract each checkpoint's mean ΔD and ΔM, then correlate all residuals.
@@ -157,7 +157,7 @@ def within_checkpoint_correlation(points: Sequence[ChangePoint], kind: str = "pe
     return pearson(x, y)
 
 
-def per_layer_correlation(points: Sequence[ChangePoint], kind: str = "pearson") -> float:
+def per_layer_correlation(points: Sequence[MagnitudeDirectionPoint], kind: str = "pearson") -> float:
     """Mean over layers of each layer's correlation over its checkpoints (how one layer moves in time)."""
     values = []
     for cluster in sorted({_cluster(p) for p in points}):
@@ -167,14 +167,14 @@ def per_layer_correlation(points: Sequence[ChangePoint], kind: str = "pearson") 
     return float(np.mean(values)) if values else float("nan")
 
 
-STATISTICS: dict[str, Callable[[Sequence[ChangePoint], str], float]] = {
+STATISTICS: dict[str, Callable[[Sequence[MagnitudeDirectionPoint], str], float]] = {
     "pooled": pooled_correlation,
     "within checkpoints": within_checkpoint_correlation,
     "per layer": per_layer_correlation,
 }
 
 
-def layer_bootstrap_samples(points: Sequence[ChangePoint], samples: int = 2000, seed: int = 0):
+def layer_bootstrap_samples(points: Sequence[MagnitudeDirectionPoint], samples: int = 2000, seed: int = 0):
     """Yield ``samples`` resampled panels, drawing whole layers with replacement (a cluster bootstrap).
 
     The points of one layer at several checkpoints are nested, not independent, so a draw picks
@@ -224,7 +224,7 @@ def _row_correlations(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out if x.shape[-1] >= 3 else np.full(out.shape, np.nan)
 
 
-def _panel_grid(points: Sequence[ChangePoint]) -> tuple[np.ndarray, np.ndarray] | None:
+def _panel_grid(points: Sequence[MagnitudeDirectionPoint]) -> tuple[np.ndarray, np.ndarray] | None:
     """ΔD and ΔM as ``[layers, checkpoints]`` arrays when every layer has every checkpoint once."""
     clusters = sorted({_cluster(p) for p in points})
     steps = sorted({p.step for p in points})
@@ -258,7 +258,7 @@ def _grid_statistics(dd: np.ndarray, dm: np.ndarray) -> dict[tuple[str, str], np
 
 
 def correlation_summary(
-    points: Sequence[ChangePoint], samples: int = 2000, level: float = 0.95, seed: int = 0
+    points: Sequence[MagnitudeDirectionPoint], samples: int = 2000, level: float = 0.95, seed: int = 0
 ) -> list[Correlation]:
     """Every statistic of :data:`STATISTICS` × Pearson/Spearman, with layer-bootstrap intervals
     (one set of resampled panels shared by all of them).
@@ -286,7 +286,7 @@ def correlation_summary(
     return out
 
 
-def plot_change_points(points: Sequence[ChangePoint], ax=None, title: str | None = None):
+def plot_points(points: Sequence[MagnitudeDirectionPoint], ax=None, title: str | None = None):
     """Scatter ΔD (x) against ΔM (y): a colour per layer, a marker per step, a fitted line.
 
     The title gives the Pearson correlation, as in the DoRA paper's Figure 2.
@@ -323,6 +323,6 @@ def plot_change_points(points: Sequence[ChangePoint], ax=None, title: str | None
     return ax, handles
 
 
-def points_as_rows(points: Iterable[ChangePoint]) -> list[dict]:
+def points_as_rows(points: Iterable[MagnitudeDirectionPoint]) -> list[dict]:
     """Plain dictionaries (for CSV writing or a table)."""
     return [asdict(p) for p in points]

@@ -35,11 +35,11 @@ import torch
 import lowrank
 from lowrank.data import load_sentiment
 from lowrank.magnitude_direction import (
-    change_points,
     correlation_summary,
     magnitude_direction_change,
+    magnitude_direction_points,
     merged_linear_weights,
-    plot_change_points,
+    plot_points,
     points_as_rows,
 )
 from lowrank.settings import backbone_name, current_profile, dataset_name, default_device, figure_path
@@ -121,7 +121,8 @@ def points_for(kind: str) -> dict:
     out = {}
     for label, steps in snapshots.items():
         chosen = {step: {n: w for n, w in weights.items() if n.endswith(kind)} for step, weights in steps.items()}
-        out[label] = change_points(label, chosen, {n: w for n, w in pretrained.items() if n.endswith(kind)})
+        out[label] = magnitude_direction_points(label, chosen,
+                                                {n: w for n, w in pretrained.items() if n.endswith(kind)})
     return out
 
 
@@ -129,7 +130,7 @@ def figure(kind: str, title: str, path: str) -> dict:
     per_method = points_for(kind)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     for ax, (label, points) in zip(axes, per_method.items()):
-        _, handles = plot_change_points(points, ax=ax, title=label)
+        _, handles = plot_points(points, ax=ax, title=label)
     fig.legend(handles=handles, loc="center right", fontsize=8)
     fig.suptitle(f"{title}: magnitude vs direction change ({backbone_name()}, {dataset_name()}, {profile.name} profile)")
     fig.tight_layout(rect=(0, 0, 0.9, 1))
@@ -212,7 +213,8 @@ for label, (lr, seed) in variants.items():
         run = train(candidate, data["train"], max_steps=total_steps, batch_size=profile.batch_size, lr=lr, seed=seed,
                     snapshot_steps=snapshot_steps, snapshot=lambda m: merged_linear_weights(m, query_only),
                     description=label)
-        points = change_points(label, run.snapshots, {n: w for n, w in pretrained.items() if n.endswith("q_lin")})
+        points = magnitude_direction_points(label, run.snapshots,
+                                            {n: w for n, w in pretrained.items() if n.endswith("q_lin")})
         acc = accuracy(candidate, data["test"])
     summary = {c.statistic: c for c in correlation_summary(points, samples=2000, seed=0) if c.kind == "pearson"}
     text = [f"{summary[k].value:+.2f} [{summary[k].low:+.2f}, {summary[k].high:+.2f}]"

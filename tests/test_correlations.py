@@ -5,7 +5,7 @@ import pytest
 
 from lowrank.magnitude_direction import (
     STATISTICS,
-    ChangePoint,
+    MagnitudeDirectionPoint,
     _percentile_interval,
     correlation_summary,
     layer_bootstrap_samples,
@@ -17,7 +17,8 @@ from lowrank.magnitude_direction import (
 
 def panel(seed=3, layers=6, steps=(1, 2, 3, 4), layer_effect=0.1):
     rng = np.random.default_rng(seed)
-    return [ChangePoint("FT", f"m.layer.{l}.q_lin", l, s, float(rng.random() + layer_effect * l + s), float(rng.random() + s))
+    return [MagnitudeDirectionPoint("FT", f"m.layer.{l}.q_lin", l, s, float(rng.random() + layer_effect * l + s),
+                                    float(rng.random() + s))
             for l in range(layers) for s in steps]
 
 
@@ -29,7 +30,8 @@ def test_spearman_averages_ties_and_is_rank_invariant():
 
 def test_within_checkpoints_removes_the_shared_time_trend():
     # Across layers ΔM falls as ΔD rises; both grow with the step: pooled positive, within negative.
-    points = [ChangePoint("FT", f"m.layer.{l}.q_lin", l, s, 10 * s - l, 10 * s + l) for l in range(4) for s in (1, 2, 3)]
+    points = [MagnitudeDirectionPoint("FT", f"m.layer.{l}.q_lin", l, s, 10 * s - l, 10 * s + l)
+              for l in range(4) for s in (1, 2, 3)]
     assert pooled_correlation(points) > 0.9
     assert within_checkpoint_correlation(points) == pytest.approx(-1.0)
     assert within_checkpoint_correlation(points, "spearman") == pytest.approx(-1.0)

@@ -35,12 +35,13 @@ def test_merged_weight_gives_forward(cls):
     x = torch.randn(4, 12)
     expected = F.linear(x, layer.merged_weight(), layer.base.bias)
     torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(layer.merged_weight(), layer.base.weight + layer.delta_weight())
+    torch.testing.assert_close(layer.merged_weight(), layer.base.weight + layer.merged_minus_base())
 
 
 def test_lora_update_is_alpha_over_rank_times_BA():
     layer = randomize(LoRALinear(nn.Linear(6, 6), rank=2, alpha=10))
-    torch.testing.assert_close(layer.delta_weight(), 5.0 * layer.lora_B @ layer.lora_A)
+    torch.testing.assert_close(layer.low_rank_update(), 5.0 * layer.lora_B @ layer.lora_A)
+    torch.testing.assert_close(layer.merged_minus_base(), layer.low_rank_update())
 
 
 def test_dora_rows_have_norm_magnitude_and_norm_is_per_output_row():

@@ -43,3 +43,15 @@ def test_merged_weights_match_peft_merge(tiny_model, method):
     for layer, _ in layers:
         torch.testing.assert_close(layer.merged_weight(), merged[names[id(layer)]].weight, atol=1e-5, rtol=1e-5)
     assert len(layers) == 2 * len(TARGETS)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_names_say_which_update(tiny_model, method):
+    """``low_rank_update`` is PEFT's ``get_delta_weight`` (s·B·A); ``merged_minus_base`` is what merging adds to W0."""
+    _, _, layers = peft_pair(tiny_model, method, TARGETS)
+    for layer, target in layers:
+        with torch.no_grad():
+            torch.testing.assert_close(layer.low_rank_update(), target.get_delta_weight("default"))
+            torch.testing.assert_close(layer.base.weight + layer.merged_minus_base(), layer.merged_weight())
+            differs = (layer.merged_minus_base() - layer.low_rank_update()).abs().max().item()
+            assert (differs > 1e-3) if isinstance(layer, DoRALinear) else differs == 0
