@@ -1,5 +1,9 @@
 """DoRA: weight-decomposed low-rank adaptation (Liu et al., 2024).
 
+Taught in notebook 03: section 1 (which norm), section 2 (the layer, its efficient forward, its dropout),
+section 3 (what the detached norm and the recompute save), section 4 (the same numbers as PEFT),
+section 6 (merging).
+
 Each output feature's weight row is split into a magnitude and a direction,
 
     W' = m * V / ||V||_row,   V = W0 + (alpha / rank) * B @ A,   m initialised to ||W0||_row.
@@ -20,10 +24,18 @@ the official DoRA code and PEFT drop out only the input of the *change* to ``W0 
     y = W0 x + bias + (g - 1) * W0 drop(x) + g * scaling * B(A(drop(x)))
       = g * (W0 drop(x) + scaling * B(A(drop(x)))) + W0 (x - drop(x)) + bias,
 
-which this layer computes in the second form (one extra matmul, only while dropout acts).
-In training, a custom autograd function computes ``g * (W0 z + s B(A(z)))`` and, instead of
-keeping the ``[batch, tokens, out]`` product for the magnitude's gradient, recomputes it in
-backward from the input ``z`` that it keeps anyway: DoRA then holds about the memory of LoRA.
+which this layer computes in the second form. ``drop`` is ``nn.Dropout(dropout)``, so it acts only in
+training mode and only for ``dropout > 0``; then ``z = drop(x)`` feeds both ``W0`` and the LoRA branch
+inside the gain, and ``W0 (x - z)`` is added (one extra matmul). Otherwise ``z = x`` and nothing is added.
+
+Which code computes ``g * (W0 z + s B(A(z))) + bias`` depends on autograd, not on the module's mode:
+
+* ``detach_norm=True`` and autograd recording (``torch.is_grad_enabled()``), in training *or* eval mode:
+  a custom autograd function that, instead of keeping the ``[batch, tokens, out]`` product for the
+  magnitude's gradient, recomputes it in backward from ``z``, which it keeps anyway: DoRA then holds
+  about the memory of LoRA.
+* under ``torch.no_grad()`` / ``torch.inference_mode()``, or with ``detach_norm=False``: ordinary
+  torch operations, same value; with ``detach_norm=False`` the norm keeps its graph (more memory).
 
 The norm is recomputed at every forward, also in eval mode: a cache would have to notice every
 change of ``W0``, ``A``, ``B`` and ``scaling`` (writes through ``.data`` change no version counter),
@@ -96,7 +108,8 @@ class DoRALinear(LoRALinear):
 
     Args:
         base, rank, alpha, dropout: as for :class:`~lowrank.lora.LoRALinear`.
-        detach_norm: treat ``||V||_row`` as a constant in backprop (paper section 4.3).
+        detach_norm: treat ``||V||_row`` as a constant in backprop (paper section 4.3), and use the
+            memory-lean custom autograd function while autograd records (module docstring).
             ``False`` backpropagates through the norm: same forward, more memory.
     """
 

@@ -1,12 +1,20 @@
 """LoRA: a frozen ``nn.Linear`` plus a trainable low-rank update (Hu et al., 2021).
 
+Taught in notebook 01: section 2 (the formula, with PyTorch's axes), section 3 (why ``alpha / rank``),
+section 5 (merging).
+
 PyTorch stores ``nn.Linear.weight`` as ``[out_features, in_features]``, so the update is
 
     W' = W + (alpha / rank) * B @ A,   A: [rank, in_features],   B: [out_features, rank].
 
 ``B`` starts at zero, so ``W' = W`` at step 0; ``A`` is Kaiming-uniform as in PEFT.
-Scaling by ``alpha / rank`` (not ``alpha``) keeps the size of the update roughly
-independent of ``rank``, so changing ``rank`` does not silently change the learning rate.
+
+The scaling is ``alpha / rank``, as in the LoRA paper and PEFT, so that results compare with theirs.
+What it does to the step size is measured in notebook 01, section 3 (one AdamW step, ranks 1 to 64):
+scaling by ``alpha`` alone makes the first update about 8 times larger at rank 64 than at rank 1;
+``alpha / rank`` over-corrects, the first update shrinking about 8 times instead; ``alpha / sqrt(rank)``
+(rsLoRA) keeps it flat. So at one learning rate, ``alpha / rank`` gives a larger rank smaller first
+steps. ``scaling`` is one attribute: set it to try another rule.
 
 Precision: on a half-precision base (fp16/bf16) the adapter parameters are kept in fp32, as
 PEFT's ``autocast_adapter_dtype`` does, so that small updates are not rounded away; the matmuls
@@ -49,7 +57,9 @@ class LoRALinear(nn.Module):
 
     Args:
         base: the pretrained layer; its weight and bias are frozen (``requires_grad=False``).
-        rank: the rank ``r`` of the update, ``1 <= r <= min(in, out)``.
+        rank: the rank ``r`` of the update, any positive integer. It is not capped at ``min(in, out)``:
+            above that, ``B @ A`` still has rank at most ``min(in, out)`` and the extra parameters add
+            nothing (``targets_from_toggles(head=True)`` with ``rank=8`` does this to a 2-output classifier).
         alpha: the LoRA scale numerator; the update is multiplied by ``alpha / rank``.
         dropout: dropout probability applied to the input of the LoRA branch only.
     """

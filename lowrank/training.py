@@ -1,4 +1,8 @@
-"""Tokenise, batch, train with a progress bar, evaluate, and snapshot weights on the way."""
+"""Tokenise, batch, train with a progress bar, evaluate, and snapshot weights on the way.
+
+Taught in notebook 02: "The training loop, in the open" (what :func:`train` does, step by step) and
+section 3 (four ways to fine-tune with it); notebook 04, section 2, uses its weight snapshots.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,17 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict
 from torch import nn
-from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
 
 from lowrank.timing import add_phase_seconds, phase, synchronize, timed_phase
+
+if TYPE_CHECKING:  # annotations only: importing this module does not load datasets or transformers
+    from datasets import Dataset, DatasetDict
+    from transformers import PreTrainedTokenizerBase
 
 Snapshot = Callable[[nn.Module], dict[str, torch.Tensor]]
 
@@ -55,7 +62,13 @@ def seed_everything(seed: int) -> None:
 
 @timed_phase("tokenize")
 def tokenize(data: DatasetDict | Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int = 64):
-    """Add ``input_ids``/``attention_mask`` (truncated, unpadded) to every split; keep ``label``."""
+    """Add ``input_ids`` and ``attention_mask`` columns to every split (truncated to ``max_length``, not padded).
+
+    The ``attention_mask`` stored here is all ones, since nothing is padded yet. :func:`batches` (and so
+    :func:`train`, :func:`predict`) does not read it: it pads each batch and rebuilds the mask from the
+    lengths of ``input_ids``. The column is there for other consumers, such as the 🤗 ``Trainer``'s
+    padding collator (notebook 05). ``text`` and ``label`` are kept.
+    """
 
     def encode(batch: dict) -> dict:
         encoded = tokenizer(batch["text"], truncation=True, max_length=max_length)
@@ -189,6 +202,13 @@ def train(
         progress: show a tqdm bar with the running loss.
         pad_token_id: the padding id; default the model's ``config.pad_token_id`` (:func:`model_pad_token_id`).
 
+    Side effects beyond the trained parameters:
+
+    * the global random generators are reseeded: :func:`seed_everything` with ``seed`` (Python's
+      ``random``, NumPy, torch) at the start, so dropout masks repeat run to run,
+      and whatever the caller drew before no longer matters to what is drawn after;
+    * the model is left in **eval** mode (also after Ctrl-C), whatever mode it came in.
+
     Ctrl-C (``KeyboardInterrupt``) stops training cleanly and returns what was done so far,
     with ``result.interrupted`` set, so a long run in a notebook is never lost.
     """
@@ -212,6 +232,8 @@ def train(
     if 0 in wanted and snapshot is not None:
         with phase("snapshot"):
             result.snapshots[0] = snapshot(model)
+    from tqdm.auto import tqdm
+
     model.train()
     bar = tqdm(total=total, desc=description, disable=not progress, leave=True, mininterval=2.0)
     try:
