@@ -1,4 +1,7 @@
-"""Argument checks shared by the adapter layers: clear errors instead of torch stack traces."""
+"""Argument checks shared by the adapter layers: clear errors instead of torch stack traces.
+
+Behind the layers of notebook 01, section 2, and notebook 03, section 2.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """The DoRA paper's Figure 2 for your own runs: ``python -m lowrank.analyze``.
 
+Taught in notebook 05, "The DoRA paper's Figure 2 for your own runs".
+
 Compares checkpoints with their base model, weight matrix by weight matrix, reading only the
 tensors that ``--modules`` selects, straight from safetensors files, one block of rows at a time
 (:mod:`lowrank.safetensors_stream`, :mod:`lowrank.row_changes`): no model class is built, so any

@@ -1,5 +1,7 @@
 """What a checkpoint folder holds, as one weight update per module, read without building a model.
 
+Part of ``python -m lowrank.analyze`` (notebook 05, "The DoRA paper's Figure 2 for your own runs").
+
 Four kinds of folder are understood, each from its files alone:
 
 * a full-weight checkpoint (``model.safetensors`` or shards with ``model.safetensors.index.json``,

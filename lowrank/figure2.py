@@ -1,4 +1,6 @@
-"""The Figure-2 study: when does the ΔM-versus-ΔD slope turn negative? (notebook 06)
+"""The Figure-2 study: when does the ΔM-versus-ΔD slope turn negative?
+
+Taught in notebook 06: section 2 (the study) and sections 3-6 (what it found).
 
 The DoRA paper's Figure 2 reports a negative ΔM/ΔD correlation for full fine-tuning and DoRA
 and a positive one for LoRA. This module trains FT, LoRA and DoRA (query and value) under

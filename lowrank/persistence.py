@@ -1,5 +1,8 @@
 """Keep and share adapters: safetensors save/load, and PEFT export/import.
 
+Taught in notebook 05: "Save and reload", "Export to PEFT, load with PEFT", "Import a PEFT adapter into
+the from-scratch layers", "When the folder does not fit".
+
 Only the trainable tensors are written (adapter factors, DoRA magnitudes, the trained head),
 never pickles: loading a file cannot run code. A save is one safetensors file whose metadata
 holds the configuration; ``adapter_config.json`` beside it is a readable copy.

@@ -1,5 +1,7 @@
 """Run settings: the one place that reads the course's environment variables.
 
+Read in the first cell of every notebook; the README's "Profiles" table lists the sizes.
+
 ``LOWRANK_PROFILE`` picks the experiment sizes; ``LOWRANK_BACKBONE`` and ``LOWRANK_DATASET``
 pick the model and data (``embedded`` by default: offline; e.g. ``distilbert-base-uncased``
 and ``imdb`` with the hub); ``LOWRANK_FIGURES`` redirects saved figures (default ``figures/``).

@@ -1,5 +1,7 @@
 """Fair timing on a noisy machine (interleave the contenders, report medians), and where a run's time goes.
 
+Used in notebook 01, section 5 (the latency of merged and unmerged layers), and by ``bench/step_bench.py``.
+
 :func:`phase` adds the wall time of a block to a named total (training steps, evaluation,
 tokenizing, ...); with ``$LOWRANK_PHASE_LOG`` set, the totals are written to that JSON file
 after every phase, which is how ``tools/run_course.py`` breaks a notebook's time down.

@@ -1,5 +1,7 @@
 """Record ΔM/ΔD during a 🤗 Trainer run: :class:`MagnitudeDirectionCallback`.
 
+Taught in notebook 05, "The DoRA paper's Figure 2 for your own runs".
+
 Every ``every`` optimizer steps it measures the matched weight matrices of the model being
 trained against their pretrained values, with the same arithmetic as ``python -m lowrank.analyze``
 (:mod:`lowrank.row_changes`), and at the end writes ``points.csv``, ``correlations.csv`` and the
