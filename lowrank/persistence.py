@@ -1,7 +1,8 @@
-"""Keep and share adapters: safetensors save/load, and PEFT export/import.
+"""Keep and share adapters: safetensors save/load, PEFT export/import, and a PEFT twin in memory.
 
 Taught in notebook 05: "Save and reload", "Export to PEFT, load with PEFT", "Import a PEFT adapter into
-the from-scratch layers", "When the folder does not fit".
+the from-scratch layers", "When the folder does not fit". Notebook 03, section 4, compares a model with
+its PEFT twin (:func:`peft_twin`).
 
 Only the trainable tensors are written (adapter factors, DoRA magnitudes, the trained head),
 never pickles: loading a file cannot run code. A save is one safetensors file whose metadata
@@ -33,6 +34,7 @@ What a save survives, and what a load refuses:
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import re
@@ -53,6 +55,7 @@ from torch import nn
 
 from lowrank.adapters import add_adapters, adapter_layers
 from lowrank.dora import DoRALinear
+from lowrank.lora import LoRALinear
 
 TENSORS_FILE = "adapters.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -362,35 +365,75 @@ def load_adapters(model: nn.Module, folder: str | Path) -> nn.Module:
     return model
 
 
+def _head_modules(model: nn.Module) -> list[str]:
+    """The top-level modules holding trainable parameters that no adapter layer holds (the head)."""
+    adapted = {name for name, _ in adapter_layers(model)}
+    return sorted({name.split(".")[0] for name, p in model.named_parameters()
+                   if p.requires_grad and name.rpartition(".")[0] not in adapted})
+
+
+def peft_config(model: nn.Module):
+    """PEFT's ``LoraConfig`` for the adapters of ``model``: same method, rank, alpha, dropout and targets.
+
+    ``target_modules`` lists the adapted modules by name (PEFT has no default target list for
+    DistilBERT); the other trainable top-level modules (the classification head) become
+    ``modules_to_save``. Used by :func:`export_peft` and :func:`peft_twin`.
+    """
+    from peft import LoraConfig
+
+    config = adapter_config(model)
+    return LoraConfig(
+        r=config["rank"], lora_alpha=config["alpha"], lora_dropout=config["dropout"],
+        target_modules=sorted(config["targets"]), use_dora=config["method"] == "dora",
+        modules_to_save=_head_modules(model) or None, base_model_name_or_path=config["backbone"],
+    )
+
+
+def peft_twin(model: nn.Module, base: nn.Module) -> tuple[nn.Module, list[tuple[LoRALinear, nn.Module]]]:
+    """PEFT's twin of ``model``: ``get_peft_model`` on a copy of ``base`` with :func:`peft_config` of
+    ``model``, and every adapter's ``lora_A``, ``lora_B`` (and DoRA's magnitude) copied into PEFT's layer.
+
+    ``base`` is the model before adapters were added (it is not changed). Returns the PEFT model and the
+    pairs ``(our layer, PEFT's layer)``; their forward passes and gradients agree (notebook 03, section 4;
+    ``tests/test_peft_equivalence.py``). The head is PEFT's copy of ``base``'s: train neither before comparing,
+    or use :func:`export_peft` to carry a trained head.
+    """
+    from peft import get_peft_model
+
+    config = peft_config(model)
+    config.base_model_name_or_path = None  # get_peft_model records base's own (and warns if it differs)
+    theirs = get_peft_model(copy.deepcopy(base), config)
+    peft_layers = dict(theirs.base_model.model.named_modules())
+    pairs = []
+    with torch.no_grad():
+        for name, layer in adapter_layers(model):
+            target = peft_layers[name]
+            target.lora_A["default"].weight.copy_(layer.lora_A)
+            target.lora_B["default"].weight.copy_(layer.lora_B)
+            if isinstance(layer, DoRALinear):
+                target.lora_magnitude_vector["default"].weight.copy_(layer.magnitude)
+            pairs.append((layer, target))
+    return theirs, pairs
+
+
 def export_peft(model: nn.Module, folder: str | Path) -> Path:
     """Write a folder that ``peft.PeftModel.from_pretrained(base, folder)`` loads (LoRA or DoRA).
 
     Adapter factors and DoRA magnitudes go under PEFT's key names; the other trainable modules
-    (the classification head) become PEFT's ``modules_to_save``. ``target_modules`` lists the
-    adapted modules explicitly: PEFT has no default target list for DistilBERT. The old
+    (the classification head) become PEFT's ``modules_to_save`` (:func:`peft_config`). The old
     configuration is removed first and the new one written last (see the module docstring).
     """
-    from peft import LoraConfig
-
     folder = Path(folder)
-    config = adapter_config(model)
     adapted = {name for name, _ in adapter_layers(model)}
     tensors: dict[str, torch.Tensor] = {}
-    head: set[str] = set()
     for name, tensor in trainable_tensors(model).items():
         module, _, leaf = name.rpartition(".")
         if module in adapted:
             key = {"lora_A": "lora_A.weight", "lora_B": "lora_B.weight", "magnitude": "lora_magnitude_vector"}[leaf]
             tensors[f"{PEFT_PREFIX}{module}.{key}"] = tensor
         else:
-            head.add(name.split(".")[0])
             tensors[PEFT_PREFIX + name] = tensor
-    peft_config = LoraConfig(
-        r=config["rank"], lora_alpha=config["alpha"], lora_dropout=config["dropout"],
-        target_modules=sorted(adapted), use_dora=config["method"] == "dora",
-        modules_to_save=sorted(head) or None, base_model_name_or_path=config["backbone"],
-    )
-    peft_dict = peft_config.to_dict()
+    peft_dict = peft_config(model).to_dict()
     peft_dict = {k: (sorted(v) if isinstance(v, set) else v) for k, v in peft_dict.items()}
     paired = {field: peft_dict.get(field) for field in PAIRED_FIELDS}
     write_adapter_files(folder, PEFT_TENSORS_FILE, tensors, {"format": "pt", PAIR_KEY: json.dumps(paired)}, peft_dict)

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from torch import nn
 from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
 from lowrank import DoRALinear, LoRALinear, add_adapters, adapter_layers
-from lowrank.adapters import classification_head
+from lowrank.persistence import peft_twin
 
 
 def make_tiny_distilbert(seed: int = 0, num_labels: int = 2) -> DistilBertForSequenceClassification:
@@ -66,33 +66,19 @@ class FixedMaskDropout(nn.Module):
         return x * keep.to(x.dtype) / (1 - self.p)
 
 
-def copy_to_peft(layer: LoRALinear, peft_layer: nn.Module, dropout_seed: int | None = None) -> None:
-    """Give a PEFT LoRA/DoRA layer our layer's A, B (and magnitude); with ``dropout_seed``, one fixed mask on both."""
-    with torch.no_grad():
-        peft_layer.lora_A["default"].weight.copy_(layer.lora_A)
-        peft_layer.lora_B["default"].weight.copy_(layer.lora_B)
-        if isinstance(layer, DoRALinear):
-            peft_layer.lora_magnitude_vector["default"].weight.copy_(layer.magnitude)
-    if dropout_seed is not None:
-        layer.lora_dropout = FixedMaskDropout(layer.dropout_p, dropout_seed)
-        peft_layer.lora_dropout["default"] = FixedMaskDropout(layer.dropout_p, dropout_seed)
-
-
 def peft_pair(model: nn.Module, method: str, targets: Sequence[str], rank: int = 4, alpha: float = 8,
               dropout: float = 0.0) -> tuple[nn.Module, PeftModel, list[tuple[LoRALinear, nn.Module]]]:
-    """``model`` adapted by lowrank and by PEFT with one configuration and equal (randomised) weights.
+    """``model`` adapted by lowrank (randomised weights) and its PEFT twin (:func:`lowrank.persistence.peft_twin`).
 
     Returns ``(ours, theirs, layers)`` with ``layers`` the pairs ``(our layer, PEFT layer)``. With
     dropout, each pair drops the same entries (:class:`FixedMaskDropout`, one seed per layer).
     """
     ours = add_adapters(copy.deepcopy(model), targets, method=method, rank=rank, alpha=alpha, dropout=dropout)
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
-                        use_dora=method == "dora", modules_to_save=classification_head(model))
-    theirs = get_peft_model(copy.deepcopy(model), config)
-    peft_layers = dict(theirs.base_model.model.named_modules())
-    layers = []
-    for index, (name, layer) in enumerate(adapter_layers(ours)):
+    for index, (_, layer) in enumerate(adapter_layers(ours)):
         randomize(layer, seed=index)
-        copy_to_peft(layer, peft_layers[name], dropout_seed=index if dropout > 0 else None)
-        layers.append((layer, peft_layers[name]))
+    theirs, layers = peft_twin(ours, model)
+    if dropout > 0:
+        for index, (layer, peft_layer) in enumerate(layers):
+            layer.lora_dropout = FixedMaskDropout(layer.dropout_p, index)
+            peft_layer.lora_dropout["default"] = FixedMaskDropout(layer.dropout_p, index)
     return ours, theirs, layers
