@@ -41,14 +41,21 @@ from lowrank.checkpoints import (
     same_model,
     select_modules,
 )
-from lowrank.magnitude_direction import MagnitudeDirectionPoint, correlation_summary, layer_index, plot_points
+from lowrank.magnitude_direction import (
+    Correlation,
+    MagnitudeDirectionPoint,
+    correlation_summary,
+    layer_index,
+    plot_points,
+    point_columns,
+    write_points_csv,
+)
 from lowrank.row_changes import FullUpdate, magnitude_direction_changes
 
 DEFAULT_MODULES = r"(q_proj|q_lin|query)$"
 #: A fine-tune keeps every row close in direction (the paper's largest ΔD is 0.32, DoRA's); a mean
 #: 1 - cos above this says the checkpoint does not come from this base.
 MAX_DIRECTION_CHANGE = 0.5
-COLUMNS = ("run", "method", "module", "layer", "step", "delta_m", "delta_d")
 
 
 @dataclass(frozen=True)
@@ -300,9 +307,9 @@ def write_outputs(points: Sequence[RunPoint], out: Path, formats: Sequence[str] 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "points.csv", out / "correlations.csv"]
-    _write_csv(written[0], [asdict(p) for p in points], COLUMNS)
+    write_points_csv(written[0], points, RunPoint)
     rows = correlation_rows(points, samples)
-    _write_csv(written[1], rows, ("run", "statistic", "kind", "value", "low", "high"))
+    _write_csv(written[1], rows, ["run", *point_columns(Correlation)])
     fig = plot_runs(points)
     for extension in formats:
         written.append(out / f"dm_dd.{extension}")

@@ -11,10 +11,12 @@ with its "columns" being output features = rows of ``nn.Linear.weight``:
 
 from __future__ import annotations
 
+import csv
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -326,6 +328,18 @@ def plot_points(points: Sequence[MagnitudeDirectionPoint], ax=None, title: str |
     return ax, handles
 
 
-def points_as_rows(points: Iterable[MagnitudeDirectionPoint]) -> list[dict]:
-    """Plain dictionaries (for CSV writing or a table)."""
-    return [asdict(p) for p in points]
+def point_columns(point_type: type = MagnitudeDirectionPoint) -> list[str]:
+    """The CSV columns of a point dataclass: its field names, in order."""
+    return [f.name for f in fields(point_type)]
+
+
+def write_points_csv(path: str | Path, points: Iterable, point_type: type = MagnitudeDirectionPoint) -> Path:
+    """Write ``points`` (instances of the dataclass ``point_type``) as CSV, one column per field
+    (:func:`point_columns`), and return the path. ``python -m lowrank.analyze`` writes its
+    :class:`~lowrank.analyze.RunPoint` rows with it, notebook 04 its points."""
+    path = Path(path)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=point_columns(point_type))
+        writer.writeheader()
+        writer.writerows(asdict(p) for p in points)
+    return path
