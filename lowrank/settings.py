@@ -24,6 +24,9 @@ DATASET_VAR = "LOWRANK_DATASET"
 FIGURES_VAR = "LOWRANK_FIGURES"
 REPOSITORY_FIGURES = Path(__file__).resolve().parent.parent / "figures"
 DEFAULT = "full"
+#: The name that selects the offline defaults: the packaged backbone (:mod:`lowrank.backbone`) and
+#: tweet corpus (:mod:`lowrank.data`); also what adapters trained on that backbone record as its name.
+EMBEDDED = "embedded"
 
 
 @dataclass(frozen=True)
@@ -58,16 +61,16 @@ def current_profile() -> Profile:
 
 def backbone_name() -> str:
     """``$LOWRANK_BACKBONE``, default ``embedded`` (offline all-MiniLM-L6-v2 as DistilBERT)."""
-    return os.environ.get(BACKBONE_VAR, "").strip() or "embedded"
+    return os.environ.get(BACKBONE_VAR, "").strip() or EMBEDDED
 
 
 def dataset_name() -> str:
     """``$LOWRANK_DATASET``, default ``embedded`` (offline tweets); ``imdb`` needs the hub."""
-    return os.environ.get(DATASET_VAR, "").strip() or "embedded"
+    return os.environ.get(DATASET_VAR, "").strip() or EMBEDDED
 
 
-BACKBONE_DISPLAY_NAMES = {"embedded": "all-MiniLM-L6-v2 (DistilBERT layout)"}
-DATASET_DISPLAY_NAMES = {"embedded": "tweet sentiment (embedded)", "imdb": "IMDB reviews"}
+BACKBONE_DISPLAY_NAMES = {EMBEDDED: "all-MiniLM-L6-v2 (DistilBERT layout)"}
+DATASET_DISPLAY_NAMES = {EMBEDDED: "tweet sentiment (embedded)", "imdb": "IMDB reviews"}
 
 
 def backbone_display_name(name: str | None = None) -> str:
@@ -81,6 +84,36 @@ def dataset_display_name(name: str | None = None) -> str:
     """How figure titles and printouts name dataset ``name`` (default: :func:`dataset_name`)."""
     name = dataset_name() if name is None else str(name)
     return DATASET_DISPLAY_NAMES.get(name, name)
+
+
+PRECISION_VAR = "LOWRANK_PRECISION"
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def bf16_is_fast(device: torch.device | str | None = None) -> bool:
+    """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA GPU that supports bf16, or a CPU
+    with AMX tiles or AVX512-BF16 (elsewhere bf16 is emulated and slower than fp32)."""
+    device = torch.device(device) if device is not None else default_device()
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(cpu, check, lambda: False)()) for check in checks)
+
+
+def training_dtype(device: torch.device | str | None = None) -> torch.dtype | None:
+    """The autocast dtype training runs in, from ``$LOWRANK_PRECISION``: ``fp32`` (default: None, no
+    autocast), ``bf16`` (``torch.bfloat16``), or ``auto`` (bf16 where :func:`bf16_is_fast`, else fp32).
+
+    Only the training forward runs under autocast; weights, adapters, optimizer state and evaluation
+    stay fp32 (:func:`lowrank.training.train`).
+    """
+    name = os.environ.get(PRECISION_VAR, "").strip().lower() or "fp32"
+    if name not in PRECISIONS:
+        raise ValueError(f"{PRECISION_VAR}={name!r} is not a precision; use one of {list(PRECISIONS)}")
+    if name == "auto":
+        name = "bf16" if bf16_is_fast(device) else "fp32"
+    return torch.bfloat16 if name == "bf16" else None
 
 
 def default_device() -> torch.device:

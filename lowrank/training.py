@@ -188,6 +188,7 @@ def train(
     progress: bool = True,
     description: str = "training",
     pad_token_id: int | None = None,
+    autocast_dtype: torch.dtype | None | str = "settings",
 ) -> TrainResult:
     """Fine-tune the trainable parameters of ``model`` with AdamW and a linear schedule.
 
@@ -201,6 +202,9 @@ def train(
             store ``snapshot(model)`` in ``result.snapshots[step]``.
         progress: show a tqdm bar with the running loss.
         pad_token_id: the padding id; default the model's ``config.pad_token_id`` (:func:`model_pad_token_id`).
+        autocast_dtype: run the forward under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``);
+            ``None``: plain fp32; default: ``$LOWRANK_PRECISION`` (:func:`lowrank.settings.training_dtype`).
+            Weights, gradients, AdamW state and evaluation stay in the model's own dtype.
 
     Side effects beyond the trained parameters:
 
@@ -226,6 +230,10 @@ def train(
     optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay, no_decay), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule_factor(s, total, warmup))
     device = model_device(model)
+    if autocast_dtype == "settings":
+        from lowrank.settings import training_dtype
+
+        autocast_dtype = training_dtype(device)
     pad = model_pad_token_id(model, pad_token_id)
     wanted = set(snapshot_steps)
     result = TrainResult()
@@ -244,7 +252,8 @@ def train(
                     break
                 synchronize(device)
                 start = time.perf_counter()
-                loss = model(**batch).loss
+                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                    loss = model(**batch).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

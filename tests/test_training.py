@@ -83,3 +83,23 @@ def test_nothing_to_train_is_refused(tiny_model):
     tiny_model.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         train(tiny_model, tiny_split(), progress=False)
+
+
+@pytest.mark.parametrize("setting, expected", [("", torch.float32), ("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_precision_setting_decides_the_forward_dtype(tiny_model, monkeypatch, setting, expected):
+    monkeypatch.setenv("LOWRANK_PRECISION", setting)
+    model = add_adapters(copy.deepcopy(tiny_model), ["q_lin", "v_lin"], rank=2, alpha=4)
+    seen = []
+    hook = model.distilbert.transformer.layer[0].attention.q_lin.register_forward_hook(
+        lambda module, args, output: seen.append(output.dtype) if module.training else None)
+    result = train(model, tiny_split(32), batch_size=16, lr=1e-3, progress=False)
+    hook.remove()
+    assert set(seen) == {expected}
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights and adapters stay fp32
+    assert all(torch.isfinite(torch.tensor(loss)) for loss in result.losses)
+
+
+def test_unknown_precision_is_refused(tiny_model, monkeypatch):
+    monkeypatch.setenv("LOWRANK_PRECISION", "fp8")
+    with pytest.raises(ValueError, match="LOWRANK_PRECISION='fp8' is not a precision"):
+        train(copy.deepcopy(tiny_model), tiny_split(8), batch_size=8, progress=False)
