@@ -16,12 +16,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
 import lowrank
-from lowrank.memory import MB, training_step_memory
+from lowrank.memory import MIB, training_step_memory
+from lowrank.persistence import peft_twin
 from lowrank.settings import backbone_name, default_device
 from lowrank.timing import interleaved_medians, no_grad_forward
 
@@ -43,14 +43,10 @@ def contenders(model):
     def ours(method):
         return lowrank.add_adapters(copy.deepcopy(model), TARGETS, method=method, rank=RANK, alpha=16)
 
-    def peft(dora):
-        config = LoraConfig(r=RANK, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, use_dora=dora,
-                            modules_to_save=["pre_classifier", "classifier"])
-        return get_peft_model(copy.deepcopy(model), config)
-
+    lora, dora = ours("lora"), ours("dora")
     full = copy.deepcopy(model).requires_grad_(True)
-    return {"lowrank LoRA": ours("lora"), "PEFT LoRA": peft(False), "lowrank DoRA": ours("dora"),
-            "PEFT DoRA": peft(True), "full FT": full}
+    return {"lowrank LoRA": lora, "PEFT LoRA": peft_twin(lora, model)[0], "lowrank DoRA": dora,
+            "PEFT DoRA": peft_twin(dora, model)[0], "full FT": full}
 
 
 def training_step(model, batch):
@@ -158,9 +154,9 @@ def main() -> None:
     for _, layer in lowrank.adapter_layers(no_detach):
         layer.detach_norm = False
     memory["lowrank DoRA, norm not detached"] = training_step_memory(no_detach, batch)
-    print("\nmemory of one training step beyond the weights (activations + grads + AdamW), MB:")
+    print("\nmemory of one training step beyond the weights (activations + grads + AdamW), MiB:")
     for name, m in memory.items():
-        print(f"  {name:>31}: {m.training_extra / MB:7.1f}" + (f"  (CUDA peak {m.cuda_peak / MB:.0f})" if m.cuda_peak else ""))
+        print(f"  {name:>31}: {m.training_extra / MIB:7.1f}" + (f"  (CUDA peak {m.cuda_peak / MIB:.0f})" if m.cuda_peak else ""))
 
     base = copy.deepcopy(model).eval()
     lora = models["lowrank LoRA"].eval()
@@ -214,7 +210,7 @@ def main() -> None:
         print(f"  {name:>39}: {value:.3f}")
 
     results = {"device": str(device), "threads": torch.get_num_threads(), "rounds": args.rounds,
-               "step_seconds": steps, "step_memory_mb": {k: v.training_extra / MB for k, v in memory.items()},
+               "step_seconds": steps, "step_memory_mb": {k: v.training_extra / MIB for k, v in memory.items()},
                "inference_seconds": latency, "lora_step_gflop": flops / 1e9, "matmul_gflops": rate / 1e9,
                "lora_step_profile": {name: {"seconds": t, "gflop": f} for name, (t, f) in breakdown.items()},
                "lora_step_top_operators": dict(top), "ratios": ratios}
@@ -231,7 +227,7 @@ def plot(results: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, key, title in [(axes[0], "step_seconds", "training step (s, median)"),
-                           (axes[1], "step_memory_mb", "step memory beyond weights (MB)"),
+                           (axes[1], "step_memory_mb", "step memory beyond weights (MiB)"),
                            (axes[2], "inference_seconds", "inference per batch (s, median)")]:
         names, values = zip(*results[key].items())
         ax.barh(names, values, color="tab:blue")

@@ -1,43 +1,73 @@
-"""lowrank: LoRA and DoRA from scratch, on DistilBERT, with the magnitude/direction analysis."""
+"""lowrank: LoRA and DoRA from scratch, on DistilBERT, with the magnitude/direction analysis.
 
-from lowrank.adapters import (
-    DISTILBERT_HEAD,
-    ParameterCount,
-    adapter_layers,
-    add_adapters,
-    count_parameters,
-    freeze_all_but_head,
-    merge_adapters,
-    targets_from_toggles,
-)
-from lowrank.backbone import load_backbone
-from lowrank.data import load_sentiment
-from lowrank.dora import DoRALinear
-from lowrank.lora import LoRALinear
-from lowrank.magnitude_direction import magnitude_direction_change
-from lowrank.persistence import export_peft, import_peft, load_adapters, save_adapters
-from lowrank.training import accuracy, predict, tokenize, train
+Importing the package loads nothing heavy. Each name below is imported from its module the first
+time it is used (a module ``__getattr__``, PEP 562), and each module imports transformers, datasets,
+PEFT or matplotlib only inside the functions that need them. So ``from lowrank import LoRALinear``
+works in a plain PyTorch project, with only torch loaded; ``lowrank.load_backbone(...)`` loads
+transformers when it is called.
+"""
 
-__all__ = [
-    "DISTILBERT_HEAD",
-    "DoRALinear",
-    "LoRALinear",
-    "ParameterCount",
-    "accuracy",
-    "adapter_layers",
-    "add_adapters",
-    "count_parameters",
-    "export_peft",
-    "freeze_all_but_head",
-    "import_peft",
-    "load_adapters",
-    "load_backbone",
-    "load_sentiment",
-    "magnitude_direction_change",
-    "merge_adapters",
-    "predict",
-    "save_adapters",
-    "targets_from_toggles",
-    "tokenize",
-    "train",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: Public name -> the module of ``lowrank`` that defines it.
+_EXPORTS = {
+    "DISTILBERT_HEAD": "adapters",
+    "ParameterCount": "adapters",
+    "adapter_layers": "adapters",
+    "add_adapters": "adapters",
+    "count_parameters": "adapters",
+    "freeze_all_but_head": "adapters",
+    "merge_adapters": "adapters",
+    "targets_from_toggles": "adapters",
+    "load_backbone": "backbone",
+    "load_sentiment": "data",
+    "DoRALinear": "dora",
+    "LoRALinear": "lora",
+    "magnitude_direction_change": "magnitude_direction",
+    "export_peft": "persistence",
+    "import_peft": "persistence",
+    "load_adapters": "persistence",
+    "save_adapters": "persistence",
+    "accuracy": "training",
+    "predict": "training",
+    "tokenize": "training",
+    "train": "training",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what type checkers and editors see: the same names, imported eagerly
+    from lowrank.adapters import (
+        DISTILBERT_HEAD,
+        ParameterCount,
+        adapter_layers,
+        add_adapters,
+        count_parameters,
+        freeze_all_but_head,
+        merge_adapters,
+        targets_from_toggles,
+    )
+    from lowrank.backbone import load_backbone
+    from lowrank.data import load_sentiment
+    from lowrank.dora import DoRALinear
+    from lowrank.lora import LoRALinear
+    from lowrank.magnitude_direction import magnitude_direction_change
+    from lowrank.persistence import export_peft, import_peft, load_adapters, save_adapters
+    from lowrank.training import accuracy, predict, tokenize, train

@@ -212,9 +212,18 @@ class ParameterCount:
         return f"{self.trainable:,} trainable of {self.total:,} ({100 * self.fraction:.2f} %)"
 
 
+def unique_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of ``model`` once, even one that several modules share (tied weights).
+
+    The one place that decides what "each parameter once" means: :func:`count_parameters` and
+    :func:`lowrank.memory.training_step_memory` both count these.
+    """
+    return list({id(p): p for p in model.parameters()}.values())
+
+
 def count_parameters(model: nn.Module) -> ParameterCount:
-    """Count trainable (``requires_grad``) and total parameters, each tensor once."""
-    unique = {id(p): p for p in model.parameters()}.values()
+    """Count trainable (``requires_grad``) and total parameters, each tensor once (:func:`unique_parameters`)."""
+    unique = unique_parameters(model)
     return ParameterCount(
         trainable=sum(p.numel() for p in unique if p.requires_grad),
         total=sum(p.numel() for p in unique),

@@ -32,8 +32,8 @@ import torch
 from lowrank.persistence import CONFIG_FILE, FORMAT, PEFT_PREFIX, PEFT_TENSORS_FILE, TENSORS_FILE
 from lowrank.row_changes import FactoredUpdate, FullUpdate, Update, check_shapes
 from lowrank.safetensors_stream import FileTensors, Location, MemoryTensors, Tensors, locate
+from lowrank.settings import EMBEDDED
 
-EMBEDDED = "embedded"
 #: PEFT options whose merge is not ``W0 + s·B·A`` (or DoRA's): refused rather than misread.
 UNSUPPORTED_PEFT_OPTIONS = ("use_qalora", "use_bdlora", "alora_invocation_tokens", "velora_config",
                             "monteclora_config", "kasa_config", "arrow_config", "target_parameters",
@@ -326,11 +326,9 @@ class Base:
 def open_base(name: str | Path) -> Base:
     """``embedded`` (the course's backbone), a local folder or a hub name; only headers are read here."""
     if str(name) == EMBEDDED:
-        from safetensors.torch import load_file
+        from lowrank.backbone import embedded_state_dict
 
-        from lowrank.backbone import bert_to_distilbert_state_dict, embedded_model_path
-
-        weights = bert_to_distilbert_state_dict(load_file(embedded_model_path() / "model.safetensors"))
+        weights = embedded_state_dict()
         # Named as in the course's DistilBertForSequenceClassification (and its checkpoints and adapters).
         return Base(EMBEDDED, MemoryTensors({f"distilbert.{k}": v for k, v in weights.items()}, EMBEDDED),
                     {"model_type": "distilbert"})

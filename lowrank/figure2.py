@@ -47,6 +47,7 @@ from lowrank.magnitude_direction import (
     magnitude_direction_points,
     merged_linear_weights,
 )
+from lowrank.settings import EMBEDDED
 from lowrank.training import PAPER_NO_DECAY, schedule_factor
 
 METHODS = ("FT", "LoRA", "DoRA")
@@ -330,8 +331,8 @@ def run_study(out: Path, conditions: Sequence[Condition] = CONDITIONS, train_siz
     if not todo:
         print(f"all {len(records)} runs already in {runs_path}")
         return records
-    model, tokenizer = load_backbone("embedded")
-    data = tokenize(load_sentiment("embedded", train_size=train_size, eval_size=eval_size, seed=0), tokenizer, 64)
+    model, tokenizer = load_backbone(EMBEDDED)
+    data = tokenize(load_sentiment(EMBEDDED, train_size=train_size, eval_size=eval_size, seed=0), tokenizer, 64)
     bar = tqdm(todo, desc="study", disable=not progress)
     try:
         for condition, method in bar:

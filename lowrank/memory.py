@@ -1,5 +1,7 @@
 """Memory of one training step, measured the same way on CPU and GPU.
 
+Taught in notebook 03, section 3 (what the detach saves, measured); notebook 02, section 3, reports it per method.
+
 On a CPU there is no allocator high-water mark to read, so this counts what a training
 step must hold: the tensors autograd saves for backward (the activations), plus the
 gradients and AdamW's two moment buffers of the trainable parameters. The model's own
@@ -14,7 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-MB = 2**20
+from lowrank.adapters import unique_parameters
+
+MIB = 2**20  # bytes in a mebibyte: the course reports memory and file sizes in MiB
 
 
 @dataclass(frozen=True)
@@ -32,8 +36,8 @@ class StepMemory:
         return self.activations + self.gradients_and_optimizer
 
     def __str__(self) -> str:
-        return (f"activations {self.activations / MB:.1f} MB + grads/AdamW {self.gradients_and_optimizer / MB:.1f} MB "
-                f"(weights {self.weights / MB:.1f} MB)")
+        return (f"activations {self.activations / MIB:.1f} MiB + grads/AdamW {self.gradients_and_optimizer / MIB:.1f} MiB "
+                f"(weights {self.weights / MIB:.1f} MiB)")
 
 
 def training_step_memory(model: nn.Module, batch: dict[str, torch.Tensor]) -> StepMemory:
@@ -64,7 +68,7 @@ def training_step_memory(model: nn.Module, batch: dict[str, torch.Tensor]) -> St
     peak = torch.cuda.max_memory_allocated() if cuda else None
     model.zero_grad(set_to_none=True)
     model.train(was_training)
-    unique = {id(p): p for p in model.parameters()}.values()
+    unique = unique_parameters(model)
     trainable_bytes = sum(p.numel() * p.element_size() for p in unique if p.requires_grad)
     return StepMemory(
         weights=sum(p.numel() * p.element_size() for p in unique),
