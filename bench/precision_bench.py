@@ -1,0 +1,119 @@
+"""bf16 autocast against fp32 for notebook 02's four methods, measured side by side in one run.
+
+Step time: each method's training step in fp32 and under bf16 autocast, interleaved (A B A B ...)
+so that the machine's noise hits both alike; the ratio is what to read. Accuracy: each method
+trained twice from the same start on the same data order, once per precision, with notebook 02's
+learning rates and the profile's sizes (``LOWRANK_PROFILE``), then compared on the same test set
+with McNemar's exact test (a paired test: same examples).
+
+    python bench/precision_bench.py [--rounds 12] [--no-accuracy]
+
+Prints a table and writes bench/precision_results.json with the machine's fp32 and bf16 matmul rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import lowrank
+from lowrank.comparison import mcnemar
+from lowrank.notebook import setup_notebook
+from lowrank.settings import bf16_is_fast
+from lowrank.timing import interleaved_medians
+from lowrank.training import batches, predict, train
+
+ROOT = Path(__file__).resolve().parent.parent
+ALL_LINEAR = ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"]
+METHODS = {  # notebook 02's four methods and learning rates
+    "head only": dict(targets=None, lr=2e-3),
+    "LoRA q,v r=8": dict(targets=["q_lin", "v_lin"], lr=2e-3),
+    "LoRA all linear r=8": dict(targets=ALL_LINEAR, lr=2e-3),
+    "full fine-tuning": dict(targets="all", lr=1e-4),
+}
+
+
+def build(model: torch.nn.Module, targets) -> torch.nn.Module:
+    candidate = copy.deepcopy(model)
+    if targets is None:
+        lowrank.freeze_all_but_head(candidate)
+    elif targets != "all":
+        lowrank.add_adapters(candidate, targets, method="lora", rank=8, alpha=16)
+    return candidate
+
+
+def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 6) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def step_function(model: torch.nn.Module, batch: dict, dtype: torch.dtype | None):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    model.train()
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=12, help="interleaved timing rounds per method")
+    parser.add_argument("--no-accuracy", action="store_true", help="time the steps only (no training runs)")
+    args = parser.parse_args()
+    setup = setup_notebook(load=True)
+    profile, model, data = setup.profile, setup.model, setup.data
+    if setup.device.type != "cpu":
+        raise SystemExit("this bench compares CPU precisions; run it on a machine without CUDA or hide the GPU")
+    rates = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    print(f"torch.mm 2048^3 with {torch.get_num_threads()} thread(s): fp32 {rates['fp32']:,.0f} GFLOP/s, "
+          f"bf16 {rates['bf16']:,.0f} GFLOP/s (hardware bf16: {bf16_is_fast('cpu')})")
+    batch = next(batches(data["train"], profile.batch_size, shuffle=True, seed=0, pad_token_id=setup.tokenizer.pad_token_id))
+    results: dict[str, dict] = {}
+    for label, spec in METHODS.items():
+        fp32_model, bf16_model = build(model, spec["targets"]), build(model, spec["targets"])
+        medians = interleaved_medians({"fp32": step_function(fp32_model, batch, None),
+                                       "bf16": step_function(bf16_model, batch, torch.bfloat16)}, rounds=args.rounds)
+        results[label] = {"fp32 s/step": medians["fp32"], "bf16 s/step": medians["bf16"],
+                          "bf16/fp32 step": medians["bf16"] / medians["fp32"]}
+        print(f"{label:>20}: step fp32 {medians['fp32']:.3f} s, bf16 {medians['bf16']:.3f} s, "
+              f"ratio {results[label]['bf16/fp32 step']:.2f}", flush=True)
+    if not args.no_accuracy:
+        labels = torch.as_tensor(data["test"]["label"])
+        for label, spec in METHODS.items():
+            correct = {}
+            for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+                candidate = build(model, spec["targets"])
+                train(candidate, data["train"], epochs=profile.epochs, batch_size=profile.batch_size, lr=spec["lr"],
+                      seed=0, autocast_dtype=dtype, description=f"{label} {name}")
+                correct[name] = (predict(candidate, data["test"]).argmax(-1) == labels).tolist()
+                results[label][f"{name} test accuracy"] = sum(correct[name]) / len(correct[name])
+            comparison = mcnemar(correct["fp32"], correct["bf16"])
+            results[label]["McNemar p"] = comparison.p_value
+            print(f"{label:>20}: test accuracy fp32 {results[label]['fp32 test accuracy']:.2%}, "
+                  f"bf16 {results[label]['bf16 test accuracy']:.2%} ({comparison})", flush=True)
+    out = ROOT / "bench" / "precision_results.json"
+    out.write_text(json.dumps({"profile": profile.name, "threads": torch.get_num_threads(),
+                               "matmul_gflops": {k: round(v) for k, v in rates.items()}, "methods": results},
+                              indent=1) + "\n")
+    print(f"written to {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
