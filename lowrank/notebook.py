@@ -69,11 +69,11 @@ class NotebookSetup:
         return self
 
     def __str__(self) -> str:
-        p = self.profile
+        p, threads = self.profile, torch.get_num_threads()
         return (f"profile {p.name} ({p.train_size:,} train / {p.eval_size:,} eval examples, {p.epochs} "
                 f"epoch{'s' if p.epochs != 1 else ''}) · backbone {backbone_display_name(self.backbone)} · "
                 f"data {dataset_display_name(self.dataset)} · device {self.device}, "
-                f"{torch.get_num_threads()} torch threads")
+                f"{threads} torch thread{'s' if threads != 1 else ''}")
 
 
 def setup_notebook(*, load: bool = False, seed: int = 0, use_device: bool = True) -> NotebookSetup:

@@ -23,7 +23,8 @@ def test_one_line_names_profile_backbone_data_device_and_threads(monkeypatch, ca
     assert printed.count("\n") == 1 and printed == f"{setup}\n"
     assert printed.startswith("profile quick (512 train / 256 eval examples, 1 epoch) · ")
     assert "all-MiniLM-L6-v2 (DistilBERT layout)" in printed and "tweet sentiment (embedded)" in printed
-    assert f"device cpu, {torch.get_num_threads()} torch threads" in printed
+    threads = torch.get_num_threads()
+    assert f"device cpu, {threads} torch thread{'s' if threads != 1 else ''}" in printed
     assert setup.profile == PROFILES["quick"] and setup.model is None and setup.data is None
 
 
