@@ -135,6 +135,18 @@ formula_B = (alpha_demo / rank_demo) * G.T @ (X @ A.T)          # (α/r)·Gᵀ(X
 print("∂L/∂B shape:", tuple(B.grad.shape), "- matches (α/r)·Gᵀ(X Aᵀ):", torch.allclose(B.grad, formula_B, atol=1e-6))
 print("∂L/∂A is zero while B = 0:", bool((A.grad == 0).all()))
 
+# %% [markdown]
+# The layer we are about to build, drawn with the sizes of the backbone's query projections (orange boxes
+# train, the grey one is frozen; `lowrank.diagrams` draws it, so the picture is code and is tested):
+
+# %%
+from lowrank.diagrams import lora_diagram
+
+query_layer = model.get_submodule(queries[0])
+lora_diagram(in_features=query_layer.in_features, out_features=query_layer.out_features, rank=8, alpha=16,
+             save_as="01_lora_layer.png")
+plt.show()
+
 # %%
 class MyLoRALinear(nn.Module):
     """y = base(x) + (alpha / rank) * B(A(dropout(x))), with base frozen and B = 0 at the start."""

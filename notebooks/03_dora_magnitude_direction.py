@@ -109,6 +109,16 @@ plt.show()
 # *change* to `W0·x`, computing `W0·x + (g − 1)·W0·drop(x) + g·s·B·A·drop(x)` with `g = m/‖V‖`, not
 # `g·(W0·x + s·B·A·drop(x))`: the two agree only when nothing is dropped, and `lowrank.DoRALinear` computes the former.
 
+# %% [markdown]
+# The layer in a picture, with layer 0's query projection sizes (orange trains, grey is frozen, blue is computed
+# at every forward). The norm runs along each row of the `[out, in]` weight, one per output feature:
+
+# %%
+from lowrank.diagrams import dora_diagram
+
+dora_diagram(in_features=W.shape[1], out_features=W.shape[0], rank=8, alpha=16, save_as="03_dora_layer.png")
+plt.show()
+
 # %%
 class MyDoRALinear(nn.Module):
     """W' = m * V / ||V||_row with V = W0 + (alpha/rank) * B @ A; the norm is detached (paper 4.3)."""
@@ -273,6 +283,151 @@ after = predict(merged, data["test"])
 print("adapter layers after merging:", len(list(lowrank.adapter_layers(merged))))
 print("same prediction on every test example:", torch.equal(before.argmax(-1), after.argmax(-1)))
 print("identical test accuracy:", accuracy(trained["dora"], data["test"]) == accuracy(merged, data["test"]))
+
+# %% [markdown]
+# ## 7. DoRA's gradients (paper §4.2), executed
+#
+# Why train a magnitude and a direction rather than the weight itself? The paper's answer is in the gradients.
+# With `W' = m · V'/‖V'‖_c` and `V' = V + ΔV`, its §4.2 says "we can obtain the gradient of Loss ℒ with respect
+# to m and V′ = V + ΔV as":
+#
+# $$\nabla_{V'}\mathcal{L} = \frac{m}{\lVert V'\rVert_c}\left(I - \frac{V'V'^{\mathsf T}}{\lVert V'\rVert_c^2}\right)\nabla_{W'}\mathcal{L} \quad (6)
+# \qquad\qquad \nabla_m\mathcal{L} = \frac{\nabla_{W'}\mathcal{L}\cdot V'}{\lVert V'\rVert_c} \quad (7)$$
+#
+# and "Eq. (6) reveals that the weight gradient ∇W′L is scaled by m/||V′||c and is projected away from the current
+# weight matrix". Its §4.3 then treats the norm as a constant (the detach of section 2): "the gradient w.r.t m remains
+# unchanged, and ∇V′L is redefined as":
+#
+# $$\nabla_{V'}\mathcal{L} = \frac{m}{C}\nabla_{W'}\mathcal{L} \quad \text{where } C = \lVert V'\rVert_c \quad (11)$$
+#
+# **In PyTorch's axes** a paper column is a row of `nn.Linear.weight` (section 1), so all three act row by row.
+# Write `G = ∇_{W'}L`, `[out, in]` (for `y = x W'ᵀ + b` it is `Σ (∂L/∂y)ᵀ x` over every token of the batch),
+# `g_n` and `v_n` for row `n` of `G` and `V'`, and `v̂_n = v_n/‖v_n‖`:
+#
+# * eq. 7: `∇m[n] = g_n · v̂_n = ‖g_n‖ cos(g_n, v_n)`: the magnitude receives the part of the row's gradient
+#   *along* the row;
+# * eq. 6: `∇V'[n] = (m[n]/‖v_n‖) · (g_n − (g_n · v̂_n) v̂_n)`: the direction receives the rest, scaled, and
+#   orthogonal to `v_n`;
+# * eq. 11 (norm detached, how `lowrank.DoRALinear` trains by default): `∇V'[n] = (m[n]/‖v_n‖) · g_n`, scaled but
+#   not projected.
+#
+# `V' = W0 + s·B A` with `W0` frozen, so the factors get the chain rule: `∇B = s·∇V'·Aᵀ` and `∇A = s·Bᵀ·∇V'`.
+# `lowrank.dora_gradients` writes these formulas. We check them against autograd on a real layer: layer 0's query
+# projection with a DoRA adapter whose `B` is no longer zero (as after some training), on a batch of real tweets
+# and the classification loss. `LayerRecorder` keeps the layer's input and output gradient to form `G`.
+
+# %%
+from lowrank.dora_gradients import (LayerRecorder, direction_gradient, lora_factor_gradients, magnitude_gradient,
+                                    row_cosines)
+
+seed_everything(0)
+probe = lowrank.add_adapters(copy.deepcopy(model), ["layer.0.attention.q_lin"], method="dora", rank=8,
+                             alpha=16).eval()  # eval: no dropout, so both backward passes below see the same forward
+(probe_name, dora_q), = lowrank.adapter_layers(probe)
+with torch.no_grad():
+    dora_q.lora_B.normal_(std=0.05)                                    # B ≠ 0: V' ≠ W0
+    dora_q.magnitude.mul_(1 + 0.05 * torch.randn_like(dora_q.magnitude))  # m ≠ ‖V'‖
+gradient_batch = next(batches(data["train"].select(range(32)), 32, shuffle=False, pad_token_id=tokenizer.pad_token_id))
+
+
+def relative_difference(autograd: torch.Tensor, formula: torch.Tensor) -> float:
+    """max |autograd − formula| / max |formula|."""
+    return ((autograd.double() - formula).abs().max() / formula.abs().max()).item()
+
+
+print(probe_name, "| V'", tuple(dora_q.base.weight.shape), "| m", tuple(dora_q.magnitude.shape),
+      "| tokens in the batch:", int(gradient_batch["attention_mask"].numel()))
+formula_gradients = {}
+for detach in (True, False):
+    dora_q.detach_norm = detach
+    probe.zero_grad()
+    with LayerRecorder(dora_q) as recorder:
+        probe(**gradient_batch).loss.backward()
+    G = recorder.weight_gradient(torch.float64)                            # ∇_W' L, [out, in]
+    V = (dora_q.base.weight + dora_q.scaling * dora_q.lora_B @ dora_q.lora_A).detach().double()  # V', [out, in]
+    m = dora_q.magnitude.detach().double()
+    grad_V = direction_gradient(G, V, m, detach_norm=detach)             # eq. 11 or eq. 6
+    grad_A, grad_B = lora_factor_gradients(grad_V, dora_q.lora_A.detach().double(), dora_q.lora_B.detach().double(),
+                                           dora_q.scaling)
+    differences = {"∇m (eq. 7)": relative_difference(dora_q.magnitude.grad, magnitude_gradient(G, V)),
+                   "∇A": relative_difference(dora_q.lora_A.grad, grad_A),
+                   "∇B": relative_difference(dora_q.lora_B.grad, grad_B)}
+    print(f"norm {'detached, eq. 11' if detach else 'not detached, eq. 6'}: autograd vs formula, max relative "
+          "difference: " + ", ".join(f"{k} {v:.1e}" for k, v in differences.items()))
+    assert max(differences.values()) <= 1e-5
+    formula_gradients[detach] = grad_V, grad_B
+layer_input, layer_output_grad = recorder.inputs[0], recorder.output_grads[0]
+
+# %% [markdown]
+# **What the projection does.** LoRA's factors only see `∇V'` through the rank-`r` products above, so to look at
+# `∇V'` itself we let autograd differentiate the paper's formula `W' = m · V'/‖V'‖` with respect to a free `V'`,
+# fed with the input and output gradient the layer just recorded. Eq. 6 says each row of that gradient is orthogonal
+# to the same row of `V'`; eq. 11 says it is `G`'s row scaled, which keeps `G`'s component along the row.
+
+# %%
+for detach in (True, False):
+    free_V = V.float().clone().requires_grad_(True)
+    norm = free_V.norm(dim=1, keepdim=True)
+    W_prime = dora_q.magnitude.detach()[:, None] * free_V / (norm.detach() if detach else norm)
+    F.linear(layer_input, W_prime, dora_q.base.bias).backward(layer_output_grad)
+    print(f"norm {'detached    ' if detach else 'not detached'}: autograd ∇V' vs eq. {11 if detach else 6}: "
+          f"{relative_difference(free_V.grad, formula_gradients[detach][0]):.1e}; "
+          f"max |cos(∇V'[n], V'[n])| over rows: {row_cosines(free_V.grad.double(), V).abs().max():.1e}")
+cosines = row_cosines(G, V).abs()
+print(f"|cos(G[n], V'[n])| over the {len(cosines)} rows: median {cosines.median():.3f}, max {cosines.max():.3f}")
+along = magnitude_gradient(G, V)[:, None] * V / V.norm(dim=1, keepdim=True)                 # (g_n · v̂_n) v̂_n
+across = V.norm(dim=1, keepdim=True) / m[:, None] * formula_gradients[False][0]             # g_n − (g_n · v̂_n) v̂_n
+print(f"G = part along the rows (eq. 7, to m) + part across them (eq. 6, to V'): max relative error "
+      f"{relative_difference(along + across, G):.1e}")
+(full_V, full_B), (detached_V, detached_B) = formula_gradients[False], formula_gradients[True]
+print(f"detaching the norm changes ∇V' by {(detached_V - full_V).norm() / full_V.norm():.1%} "
+      f"and ∇B by {(detached_B - full_B).norm() / full_B.norm():.1%} (Frobenius norms) on this layer and batch")
+
+# %% [markdown]
+# Without the detach, the direction's gradient is orthogonal to every row of `V'` up to rounding (the printed
+# cosines): the along-row part of `G` goes to the magnitude alone (eq. 7), and the direction's gradient only turns
+# rows (to first order, a step orthogonal to a row does not change its length). With the norm detached, the
+# direction's gradient keeps `G`'s cosines with the rows: part of it asks `V'` to lengthen or shorten rows, which the
+# normalisation then cancels in `W'`. The last line above measures how much the detach changes the gradients on this
+# layer and batch; the paper reports the effect on accuracy as small: "This approach reduces the gradient graph
+# memory consumption drastically without a noticeable difference in accuracy" (§4.3; its Table 7 has the numbers).
+#
+# ### DoRA is weight normalization of `W0 + s·B A`
+#
+# Salimans & Kingma (2016) reparameterise a weight vector as `w = g · v/‖v‖`, "weight normalization", and write:
+# "weight normalization accomplishes two things: it scales the weight gradient by g/||v||, and it projects the
+# gradient away from the current weight vector. Both effects help to bring the covariance matrix of the gradient
+# closer to identity and benefit optimization." DoRA's eq. 6–7 are these gradients row by row, and the paper draws
+# the same conclusion, citing them: "These two effects contribute to aligning the gradient's covariance matrix more
+# closely with the identity matrix, which is advantageous for optimization (Salimans & Kingma, 2016)". What DoRA
+# changes is what `v` is and how it trains:
+#
+# * `v = V' = W0 + s·B A`: the direction moves only through the low-rank `B A` (weight normalization trains all of `v`);
+# * `g = m` starts at `‖W0‖` per row, so `W' = W0` at step 0 (PyTorch's `weight_norm` also starts `g` at the norm
+#   of the weight it wraps);
+# * by default the norm is detached (eq. 11), which drops the projection that weight normalization has.
+#
+# PyTorch has weight normalization built in: `torch.nn.utils.parametrizations.weight_norm(linear, dim=0)` keeps one
+# `g` per output row, DoRA's axes. Give it `v = V'` and `g = m`, and it is DoRA's layer, norm not detached:
+
+# %%
+from torch.nn.utils import parametrizations
+
+dora_q.detach_norm = False
+normalized = parametrizations.weight_norm(nn.Linear(dora_q.base.in_features, dora_q.base.out_features), dim=0)
+with torch.no_grad():
+    normalized.parametrizations.weight.original0.copy_(dora_q.magnitude[:, None])  # g: one per output row
+    normalized.parametrizations.weight.original1.copy_(V)                          # v = V' = W0 + s·B A
+    normalized.bias.copy_(dora_q.base.bias)
+g, v = normalized.parametrizations.weight.original0, normalized.parametrizations.weight.original1
+print("weight_norm's g:", tuple(g.shape), " v:", tuple(v.shape))
+normalized_output = normalized(layer_input)
+print(f"same output as DoRALinear: max relative difference "
+      f"{relative_difference(normalized_output.detach(), dora_q(layer_input).detach().double()):.1e}")
+normalized_output.backward(layer_output_grad)
+print(f"∇g vs eq. 7: {relative_difference(g.grad[:, 0], magnitude_gradient(G, V)):.1e};  "
+      f"∇v vs eq. 6: {relative_difference(v.grad, full_V):.1e}")
+assert max(relative_difference(g.grad[:, 0], magnitude_gradient(G, V)), relative_difference(v.grad, full_V)) <= 1e-5
 
 # %% [markdown]
 # **Next:** notebook 04 measures how magnitude and direction change during fine-tuning — the paper's Figure 2.
