@@ -35,3 +35,17 @@ def test_lazy_names_resolve_to_their_modules():
         assert getattr(lowrank, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         lowrank.nothing_here  # noqa: B018
+
+
+def test_type_checkers_see_the_same_names():
+    """The ``TYPE_CHECKING`` imports of ``lowrank/__init__.py`` name each export, from its module."""
+    import ast
+    from pathlib import Path
+
+    import lowrank
+
+    tree = ast.parse(Path(lowrank.__file__).read_text())
+    guarded = next(node for node in tree.body
+                   if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING")
+    seen = {alias.name: node.module.removeprefix("lowrank.") for node in guarded.body for alias in node.names}
+    assert seen == lowrank._EXPORTS
