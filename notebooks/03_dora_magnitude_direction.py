@@ -23,8 +23,42 @@
 #
 # This notebook answers *which* norm (the paper's columns are PyTorch's rows), builds the layer, measures the
 # paper's memory trick, checks the layer against PEFT, and trains it against LoRA.
+
+# %% [markdown]
+# ### Running this notebook
 #
 # **Runtime on a 2-core laptop CPU:** about 30 seconds (`LOWRANK_PROFILE=quick`), 8–12 minutes (`full`), measured on two machines (12 at 272 GFLOP/s).
+#
+# **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
+# `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
+# printed below names the profile that ran, with the backbone, the data and the device. To switch inside the
+# notebook, set `PROFILE = "quick"` in the next cell (it sets `os.environ["LOWRANK_PROFILE"]` before `lowrank` is
+# imported) and run from the top; or start Jupyter with the environment variable `LOWRANK_PROFILE=quick`.
+#
+# **Stopping early.** Interrupting the kernel (■ in the toolbar, or `I`, `I`; Ctrl-C in a terminal) while a training
+# progress bar runs ends that training and keeps what it did: `lowrank`'s `train` returns the steps done so far
+# (with `interrupted` set), and the cell goes on with the partly trained model.
+
+# %%
+# The one place to choose the profile inside the notebook: None keeps $LOWRANK_PROFILE (default "full");
+# "quick" for a live class, "full" for self-study. It must run before lowrank is imported: run from the top.
+import os
+
+PROFILE = None
+if PROFILE:
+    os.environ["LOWRANK_PROFILE"] = PROFILE
+
+# %%
+# Google Colab only (does nothing anywhere else): install the course package and its dependencies.
+# First put your copy of this repository into the session, e.g. `!git clone <its address> /content/lowrank`.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    REPOSITORY = "/content/lowrank"  # where the clone is
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", REPOSITORY], check=True)
+    sys.path.insert(0, REPOSITORY)  # importable now, without restarting the runtime
 
 # %%
 import copy
@@ -37,14 +71,12 @@ from torch import nn
 import lowrank
 from lowrank.data import load_sentiment
 from lowrank.memory import training_step_memory
-from lowrank.settings import backbone_name, current_profile, dataset_name, default_device, figure_path
+from lowrank.notebook import setup_notebook
+from lowrank.settings import figure_path
 from lowrank.training import accuracy, batches, predict, seed_everything, tokenize, train
 
-profile = current_profile()
-device = default_device()
-seed_everything(0)
-model, tokenizer = lowrank.load_backbone(backbone_name())
-print(f"profile: {profile.name}; backbone: {backbone_name()}; data: {dataset_name()}; device: {device}")
+setup = setup_notebook(load=True)
+profile, device, model, tokenizer, data = setup.profile, setup.device, setup.model, setup.tokenizer, setup.data
 
 # %% [markdown]
 # ## 1. Which norm? The paper's columns are PyTorch's rows
@@ -66,29 +98,40 @@ print("rows of the direction have norm 1:", torch.allclose(direction.norm(dim=1)
 print("m * V/||V|| reconstructs W exactly (max error < 1e-6):", (magnitude[:, None] * direction - W).abs().max().item() < 1e-6)
 
 # %% [markdown]
-# The seed article takes the norm over `dim=0` — per **input** column of PyTorch's weight. On DistilBERT's
-# square attention matrices nothing complains: the shapes broadcast and `m · W/‖W‖` still reconstructs `W`.
+# The seed article takes the norm over `dim=0` — per **input** column of PyTorch's weight. Nothing complains, on
+# any shape: the `[1, in]` result broadcasts against `[out, in]`, and `m · W/‖W‖` still reconstructs `W`.
 # But `m` now measures something else: the size of the weights *reading* each input feature, not the size of
-# each output neuron's weight vector. Training it scales inputs, not the outputs DoRA is about.
+# each output neuron's weight vector. Training it scales inputs, not the outputs DoRA is about. Row `j` and
+# column `j` are unrelated (output neuron `j`, input feature `j`), so the two are compared as distributions, and
+# by what scaling each one does to the layer's output.
 
 # %%
 wrong = W.norm(p=2, dim=0, keepdim=True)            # the seed article's m: [1, in]
 print("seed article's m:", tuple(wrong.shape), "- reconstructs W too:",
       torch.allclose(wrong * (W / wrong), W, atol=1e-6))
-print("first 5 output-row norms (DoRA's m): ", [round(v, 2) for v in magnitude[:5].tolist()])
-print("first 5 input-column norms (seed's m):", [round(v, 2) for v in wrong[0, :5].tolist()])
-relative = ((wrong[0] - magnitude).abs() / magnitude)
-print(f"they differ by {relative.median():.0%} in the median, up to {relative.max():.0%}")
+for name, values in (("output-row norms (DoRA's m)", magnitude), ("input-column norms (seed's m)", wrong[0])):
+    print(f"{name:>30}: {values.numel()} values, median {values.median():.2f}, range {values.min():.2f}-{values.max():.2f}")
+# What each does to the output: doubling DoRA's m[0] doubles output feature 0 and nothing else;
+# doubling the seed's m[0] doubles how much input feature 0 contributes to *every* output feature.
+x_probe = torch.randn(4, W.shape[1])
+row_scaled, column_scaled = W.clone(), W.clone()
+row_scaled[0] *= 2
+column_scaled[:, 0] *= 2
+for name, scaled in (("DoRA's m[0] x2", row_scaled), ("seed's m[0] x2", column_scaled)):
+    changed = ((x_probe @ scaled.T - x_probe @ W.T).abs() > 1e-6).any(0).sum().item()
+    print(f"{name}: changes {changed} of {W.shape[0]} output features")
 lin1 = model.distilbert.transformer.layer[0].ffn.lin1.weight.detach()  # [1536, 384]: not square
 print("on the non-square ffn.lin1", tuple(lin1.shape), "the seed's m has shape",
       tuple(lin1.norm(dim=0, keepdim=True).shape), "and still broadcasts without an error; DoRA's has",
       tuple(lin1.norm(dim=1).shape))
 
-fig, ax = plt.subplots(figsize=(4.2, 4))
-ax.scatter(magnitude, wrong[0], s=8)
-ax.plot([magnitude.min(), magnitude.max()], [magnitude.min(), magnitude.max()], "k--", linewidth=1)
-ax.set(xlabel="row norm ‖W[j, :]‖ (DoRA's m)", ylabel="column norm ‖W[:, j]‖ (seed's m)",
-       title="Layer 0 q_lin: the two 'magnitudes'")
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+for ax, values, title in ((axes[0], magnitude, "DoRA's m: one norm per output row"),
+                          (axes[1], wrong[0], "seed's m: one norm per input column")):
+    ax.hist(values.numpy(), bins=30)
+    ax.set(xlabel="norm", title=title)
+axes[0].set_ylabel("count")
+fig.suptitle("Layer 0 q_lin: the two 'magnitudes' measure different things")
 fig.tight_layout()
 fig.savefig(figure_path("03_row_vs_column_norm.png"), dpi=120)
 plt.show()
@@ -180,35 +223,59 @@ print("agrees with lowrank.DoRALinear:", torch.allclose(reference(x), mine(x), a
 # %% [markdown]
 # ## 3. What the detach saves, measured
 #
-# One training step of the whole model with DoRA on the query and value projections (r = 8), the norm detached
-# or not, with LoRA for reference. `lowrank.memory.training_step_memory` counts the tensors autograd keeps for
+# One training step of the whole model with DoRA on the query and value projections (r = 8), with LoRA for
+# reference. Two things could make detached DoRA lighter, so there are three DoRA rows: the norm not detached
+# (plain autograd); detached with plain autograd (`MyDoRALinear` from section 2, the way PEFT computes it too,
+# whose row follows as a check); detached with `lowrank.DoRALinear`'s recompute (explained below). `lowrank.memory.training_step_memory` counts the tensors autograd keeps for
 # backward (plus gradients and AdamW state), so it does not depend on the allocator or the device (other torch or
 # transformers versions can save different tensors).
 
 # %%
 memory_batch = next(batches(
-    tokenize(load_sentiment(dataset_name(), train_size=64, eval_size=16), tokenizer, profile.max_length)["train"],
+    tokenize(load_sentiment(setup.dataset, train_size=64, eval_size=16), tokenizer, profile.max_length)["train"],
     32, shuffle=False, pad_token_id=tokenizer.pad_token_id))
-step_memory = {}
-for label, method, detach in [("LoRA", "lora", True), ("DoRA, norm detached (paper 4.3)", "dora", True),
-                              ("DoRA, norm not detached", "dora", False)]:
+from lowrank.persistence import peft_twin
+
+
+def with_my_dora(backbone: nn.Module) -> nn.Module:
+    """A copy of the model with section 2's MyDoRALinear (detached norm, plain autograd) on q_lin and v_lin."""
+    adapted = lowrank.freeze_all_but_head(copy.deepcopy(backbone))
+    for block in adapted.distilbert.transformer.layer:
+        block.attention.q_lin = MyDoRALinear(block.attention.q_lin, rank=8, alpha=16)
+        block.attention.v_lin = MyDoRALinear(block.attention.v_lin, rank=8, alpha=16)
+    return adapted
+
+
+def with_lowrank(method: str, detach: bool) -> nn.Module:
     adapted = lowrank.add_adapters(copy.deepcopy(model), ["q_lin", "v_lin"], method=method, rank=8, alpha=16)
     for _, layer in lowrank.adapter_layers(adapted):
         if isinstance(layer, lowrank.DoRALinear):
             layer.detach_norm = detach
-    step_memory[label] = training_step_memory(adapted, memory_batch)
-    print(f"{label:>32}: {step_memory[label]}")
-saved = 1 - step_memory["DoRA, norm detached (paper 4.3)"].training_extra / step_memory["DoRA, norm not detached"].training_extra
-print(f"\ndetaching the norm saves {saved:.1%} of what a training step holds beyond the weights")
+    return adapted
+
+
+NOT_DETACHED, PLAIN, RECOMPUTE = ("DoRA, not detached", "DoRA, detached, plain autograd",
+                                  "DoRA, detached + recompute (ours)")
+variants = {"LoRA": lambda: with_lowrank("lora", True), NOT_DETACHED: lambda: with_lowrank("dora", False),
+            PLAIN: lambda: with_my_dora(model), RECOMPUTE: lambda: with_lowrank("dora", True),
+            "PEFT DoRA (check)": lambda: peft_twin(with_lowrank("dora", True), model)[0]}
+step_memory = {}
+for label, build in variants.items():
+    step_memory[label] = training_step_memory(build(), memory_batch)
+    print(f"{label:>34}: {step_memory[label]}")
+extra = {label: m.training_extra for label, m in step_memory.items()}
+paper_part, our_part = extra[NOT_DETACHED] - extra[PLAIN], extra[PLAIN] - extra[RECOMPUTE]
+print(f"\nof what a not-detached step holds beyond the weights, the paper's detach saves "
+      f"{paper_part / extra[NOT_DETACHED]:.1%} and our recompute another {our_part / extra[NOT_DETACHED]:.1%}")
 
 # %% [markdown]
-# Where does the difference come from? Two things differ between the two DoRA rows. The paper's detach spares autograd,
-# for every adapted layer, the `[out, in]` matrix `V` it would need to differentiate `‖V‖`. And `lowrank.DoRALinear`,
-# on its detached path only, also recomputes in backward the `[batch, tokens, out]` pre-scaling output
-# `W0 x + s·B A x` that the magnitude's gradient needs, where plain autograd (as in `MyDoRALinear` above, or in PEFT)
-# keeps it, detached or not. So the saving printed above combines the paper's detach with our recompute: it is not the
-# paper's saving alone. The paper's Table 7 reports whole training memory with its official code: 24.4 % less on
-# LLaMA-7B and 12.4 % less on VL-BART.
+# Where does each saving come from? The paper's detach spares autograd, for every adapted layer, the `[out, in]`
+# matrix `V` it would need to differentiate `‖V‖` (not detached → detached, plain autograd). And
+# `lowrank.DoRALinear`, on its detached path only, also recomputes in backward the `[batch, tokens, out]`
+# pre-scaling output `W0 x + s·B A x` that the magnitude's gradient needs, where plain autograd (as in
+# `MyDoRALinear`, or in PEFT: compare their rows) keeps it (detached, plain → detached + recompute). The last
+# printed line splits the saving into these two parts; only the first is the paper's. The paper's Table 7
+# reports whole training memory with its official code: 24.4 % less on LLaMA-7B and 12.4 % less on VL-BART.
 #
 # The recompute is why detached DoRA holds about what LoRA holds (the rows above): the custom autograd function
 # rebuilds the pre-scaling output from the input autograd keeps anyway (one extra matmul per adapted layer). Its
@@ -217,12 +284,14 @@ print(f"\ndetaching the norm saves {saved:.1%} of what a training step holds bey
 #
 # ## 4. Same numbers as PEFT
 #
-# PEFT implements DoRA with `LoraConfig(use_dora=True)`. We give PEFT's layers our `A`, `B` and `m` and compare
-# the logits of the whole model. (DistilBERT has no default target list in PEFT: `target_modules` must be named.)
+# PEFT implements DoRA with `LoraConfig(use_dora=True)`. `lowrank.persistence.peft_twin` builds PEFT's model with
+# our configuration — `LoraConfig(r=8, lora_alpha=16, use_dora=True, target_modules=<the adapted layers>,
+# modules_to_save=<the head>)` (DistilBERT has no default target list in PEFT: `target_modules` must be named,
+# as the cell prints) — and copies our `A`, `B` and `m` into PEFT's layers. Then we compare the logits of the whole model.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from peft import LoraConfig, get_peft_model
+from lowrank.persistence import peft_twin
 
 seed_everything(0)
 ours = lowrank.add_adapters(copy.deepcopy(model), ["q_lin", "v_lin"], method="dora", rank=8, alpha=16).eval()
@@ -230,31 +299,32 @@ with torch.no_grad():
     for _, layer in lowrank.adapter_layers(ours):
         layer.lora_B.normal_(std=0.05)
         layer.magnitude.mul_(1 + 0.05 * torch.randn_like(layer.magnitude))
-config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_lin", "v_lin"], use_dora=True,
-                    modules_to_save=["pre_classifier", "classifier"])
-theirs = get_peft_model(copy.deepcopy(model), config).eval()
-peft_layers = dict(theirs.base_model.model.named_modules())
-with torch.no_grad():
-    for name, layer in lowrank.adapter_layers(ours):
-        peft_layers[name].lora_A["default"].weight.copy_(layer.lora_A)
-        peft_layers[name].lora_B["default"].weight.copy_(layer.lora_B)
-        peft_layers[name].lora_magnitude_vector["default"].weight.copy_(layer.magnitude)
+theirs, _ = peft_twin(ours, model)
+theirs.eval()
 text_batch = tokenizer(["a wonderful, moving film", "the worst service I have ever had", "meh"],
                        padding=True, return_tensors="pt")
 with torch.no_grad():
     difference = (ours(**text_batch).logits - theirs(**text_batch).logits).abs().max().item()
 print("adapted layers:", len(list(lowrank.adapter_layers(ours))))
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULT_TARGETS
+
+print("PEFT has a default target list for distilbert:", "distilbert" in PEFT_DEFAULT_TARGETS)
 print("max |logit difference| vs PEFT DoRA < 1e-5:", difference < 1e-5)
 
 # %% [markdown]
 # ## 5. DoRA against LoRA, same data and budget
 #
 # Query and value adapters, rank 8, α = 16, the same learning rate, data, order and epochs as notebook 02's LoRA
-# run. DoRA adds one trainable number per output feature (the magnitude).
+# run. DoRA adds one trainable number per output feature (the magnitude). The LoRA run here repeats notebook 02's
+# LoRA q,v run except for one thing: the random draw of `A` (the global random generator is in a different state
+# when the adapters are created). The gap between the two LoRA accuracies, printed below, is therefore one
+# measurement of seed-to-seed noise, the yardstick for the DoRA-LoRA difference.
+
+# %% [markdown]
+# *Long cell*, the longest of this notebook: two training runs, LoRA then DoRA. Interrupting the kernel ends the run
+# in progress and keeps what it trained; the next run then starts.
 
 # %%
-data = tokenize(load_sentiment(dataset_name(), train_size=profile.train_size, eval_size=profile.eval_size, seed=0),
-                tokenizer, profile.max_length)
 results, trained = {}, {}
 for method in ("lora", "dora"):
     candidate = lowrank.add_adapters(copy.deepcopy(model).to(device), ["q_lin", "v_lin"], method=method, rank=8, alpha=16)
@@ -267,6 +337,15 @@ print(f"{'':>6} {'test acc':>9} {'trainable':>10} {'s/step':>7}")
 for method, r in results.items():
     print(f"{method.upper():>6} {r['test accuracy']:>9.2%} {r['trainable']:>10,} {r['s/step']:>7.2f}")
 print(f"DoRA step / LoRA step: {results['dora']['s/step'] / results['lora']['s/step']:.2f}")
+import json
+
+notebook_02 = figure_path("02_results.json")
+if notebook_02.exists() and json.loads(notebook_02.read_text())["profile"] == profile.name:
+    earlier = json.loads(notebook_02.read_text())["results"]["LoRA q,v r=8"]["test accuracy"]
+    print(f"LoRA q,v in notebook 02: {earlier:.2%}; here, with another draw of A: {results['lora']['test accuracy']:.2%} "
+          f"(seed-to-seed gap {100 * abs(earlier - results['lora']['test accuracy']):.1f} points)")
+else:
+    print("run notebook 02 first (same profile) to compare with its LoRA q,v run")
 
 # %% [markdown]
 # The table holds what this run measured. The paper's gains are on larger models and longer training, and the sign
@@ -431,3 +510,32 @@ assert max(relative_difference(g.grad[:, 0], magnitude_gradient(G, V)), relative
 
 # %% [markdown]
 # **Next:** notebook 04 measures how magnitude and direction change during fine-tuning — the paper's Figure 2.
+
+# %% [markdown]
+# ## What you learned
+#
+# * The paper's per-"column" norm is PyTorch's per-row norm: `W.norm(dim=1)`, one magnitude per output feature, and
+#   `m · W/‖W‖_row` rebuilds `W` exactly.
+# * The seed article's `dim=0` gives one magnitude per *input* feature, different from the row norms (section 1 prints
+#   by how much), and raises no error, not even on the non-square `ffn.lin1`.
+# * The efficient forward `g·(W0 x + s·B A x) + b`, with `g = m/‖V‖`, equals the direct formula with the same
+#   gradients, and the frozen weight never gets one.
+# * Detaching the norm (paper §4.3) saves training memory: section 3 measures the saving and explains which part
+#   of it is the paper's detach and which this course's recompute.
+# * `lowrank`'s DoRA gives PEFT's logits, merges without changing a prediction, and section 5 prints how it compares
+#   with LoRA on the same budget.
+#
+# ## Exercises
+#
+# The code of each runs in seconds on a 2-core laptop CPU, in the quick profile as in the full one. Checked
+# solutions: [solutions/03_solutions.ipynb](solutions/03_solutions.ipynb).
+#
+# 1. **DoRA with the seed's `dim=0` norm** *(about 15 minutes)*. Write `ColumnDoRALinear`, DoRA with the norm over
+#    `dim=0` as the seed article takes it. Train it and `lowrank.DoRALinear` (rank 4) on a 64×64 layer for two
+#    targets: one that rescales each *output* feature of the layer, `diag(d)·W`, and one that rescales each *input*
+#    feature, `W·diag(d)`. Which layer learns which target, and why?
+# 2. **What the magnitude costs in parameters** *(about 5 minutes)*. Predict how many trainable parameters DoRA adds
+#    to LoRA of the same rank, with adapters on query and value, and on every linear layer; check with
+#    `lowrank.count_parameters`.
+# 3. **Does PEFT agree on the axis?** *(about 5 minutes)*. Put PEFT's DoRA on the non-square `ffn.lin1` and compare
+#    its `lora_magnitude_vector` with the row norms and the column norms of the pretrained weight.
