@@ -430,9 +430,11 @@ print("max |logit difference| < 1e-4:", (before - after).abs().max().item() < 1e
 # * `targets_from_toggles` and `add_adapters` put adapters where you choose and freeze the rest, except the
 #   classification head, which is new and random and so trains in full.
 # * Before the first step, LoRA and DoRA on any set of layers give exactly the backbone's logits.
-# * On one data set and budget, section 3's table compares the head alone, LoRA on query and value, LoRA on every
-#   linear layer and full fine-tuning: LoRA trains about 1 % of the parameters and holds less memory per step, and
-#   accuracy differences must be read against the test set's interval. On a CPU, LoRA saves less time than
+# * `lowrank.train` is a plain loop: forward, backward, AdamW over the trainable parameters only, a linear
+#   warm-up-then-decay schedule; written out in the open, it gives the same losses and weights.
+# * On one data set and budget, section 3 compares the head alone, LoRA on query and value, LoRA on every linear
+#   layer and full fine-tuning: LoRA trains about 1 % of the parameters, head included, and holds less memory per
+#   step; whether two accuracies differ is for the McNemar tests to say. On a CPU, LoRA saves less time than
 #   parameters: backprop still runs through the frozen layers below each adapter.
 # * Merging the trained adapters keeps every test prediction.
 #
@@ -445,7 +447,8 @@ print("max |logit difference| < 1e-4:", (before - after).abs().max().item() < 1e
 #    parameters of "LoRA on all linear layers, r = 8" (section 2's table), then check with `lowrank.count_parameters`.
 # 2. **A rank sweep** *(about 5 minutes, a minute of it training)*. Train LoRA on query and value at ranks 1, 4 and 16
 #    (α = 2r, lr 2e-3) and tabulate test accuracy against trainable parameters. Which differences are larger than
-#    the test set's 95 % interval? (With `LOWRANK_PROFILE=full` the sweep takes about 15 minutes.)
+#    the test set's 95 % interval (or, pairwise, pass `lowrank.comparison.mcnemar` as in section 3)? With
+#    `LOWRANK_PROFILE=full` the sweep takes about 15 minutes.
 # 3. **Classify your own sentences** *(about 5 minutes)*. Write a few sentences, print the trained model's
 #    probability of "positive" for each (the tokenizer and one forward pass), and check that the merged model gives
 #    the same answers.

@@ -516,14 +516,17 @@ assert max(relative_difference(g.grad[:, 0], magnitude_gradient(G, V)), relative
 #
 # * The paper's per-"column" norm is PyTorch's per-row norm: `W.norm(dim=1)`, one magnitude per output feature, and
 #   `m · W/‖W‖_row` rebuilds `W` exactly.
-# * The seed article's `dim=0` gives one magnitude per *input* feature, different from the row norms (section 1 prints
-#   by how much), and raises no error, not even on the non-square `ffn.lin1`.
+# * The seed article's `dim=0` gives one magnitude per *input* feature: scaling one entry changes every output
+#   feature instead of one (section 1), and nothing raises an error, not even on the non-square `ffn.lin1`.
 # * The efficient forward `g·(W0 x + s·B A x) + b`, with `g = m/‖V‖`, equals the direct formula with the same
 #   gradients, and the frozen weight never gets one.
 # * Detaching the norm (paper §4.3) saves training memory: section 3 measures the saving and explains which part
 #   of it is the paper's detach and which this course's recompute.
 # * `lowrank`'s DoRA gives PEFT's logits, merges without changing a prediction, and section 5 prints how it compares
 #   with LoRA on the same budget.
+# * The paper's gradients (eq. 6, 7 and 11) hold on a real layer: the magnitude receives each row's gradient along
+#   the row, the direction the rest, projected away from the row unless the norm is detached; DoRA is weight
+#   normalization of `W0 + s·B A` (section 7).
 #
 # ## Exercises
 #
