@@ -430,3 +430,33 @@ print("seed DoRALayer's zero factor:", "lora_B" if bool((layer.lora_B == 0).all(
 # without dropout. In `lowrank`, `dropout` is an argument of every adapter and acts on the LoRA branch.
 #
 # **Next:** notebook 02 puts these layers into DistilBERT and fine-tunes it on sentiment.
+
+# %% [markdown]
+# ## What you learned
+#
+# * A fine-tuning update of the query matrices keeps far more of its energy in its top 8 directions than the
+#   pretrained weights or a random matrix do (section 1's three curves): the bet LoRA makes.
+# * LoRA's layer is `W + (α/r)·B·A` with `A: [r, in]` random and `B: [out, r]` zero: it starts exactly at the base
+#   layer, only `B` gets a gradient at the first step, and your `MyLoRALinear` computes what `lowrank.LoRALinear` does.
+# * Scaling by the seed's `α` makes the first step grow with the rank; `α/r` (LoRA, PEFT) over-corrects, `α/√r`
+#   (rsLoRA) keeps it flat (section 3 measures all three).
+# * LoRA trains `r·(in + out)` numbers per matrix: with rank-8 adapters on the query and value matrices, the whole
+#   model trains about 1 % of its parameters, head included (section 4).
+# * Merging writes `W + (α/r)·B·A` into a plain `nn.Linear`: same logits, and the base model's cost (section 5).
+# * The seed article's code, run: a layer that cannot run as printed, a magnitude per *input* feature, a dropout
+#   that no layer receives.
+#
+# ## Exercises
+#
+# Each takes a few minutes of thinking and typing; the code runs in seconds on a 2-core laptop CPU, in the quick
+# profile as in the full one. Checked solutions: [solutions/01_solutions.ipynb](solutions/01_solutions.ipynb).
+#
+# 1. **rsLoRA as a layer** *(about 10 minutes)*. Write `RsLoRALinear`, a subclass of `lowrank.LoRALinear` whose
+#    update is scaled by `α/√r`. Check it against PEFT's `LoraConfig(use_rslora=True)` given the same factors, then
+#    repeat section 3's first-step measurement for ranks 1 to 64 with both layers.
+# 2. **Zero the other factor** *(about 10 minutes)*. The seed article's text zeroes `A` and draws `B` at random.
+#    Build that layer from `lowrank.LoRALinear`, check that it also starts at the base layer, and find out which
+#    factor receives a gradient at step 0 in each convention.
+# 3. **The rank of what LoRA learns** *(about 15 minutes)*. Train a rank-4 `lowrank.LoRALinear` and a plain
+#    `nn.Linear` (full fine-tuning) for 20 AdamW steps on the same regression task (a random teacher layer). What
+#    is the rank of each update `ΔW`? How much of each does `energy_captured` keep at rank 4?

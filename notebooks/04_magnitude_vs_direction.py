@@ -261,3 +261,34 @@ for label, spec in methods.items():
 # model read through its first token instead of VL-BART, one binary tweet task instead of multi-task
 # vision-language training, hundreds of steps instead of tens of thousands. `python -m lowrank.analyze` (notebook 05
 # and the README) draws the same figure for your own checkpoints.
+
+# %% [markdown]
+# ## What you learned
+#
+# * ΔM is the mean change of the row norms and ΔD the mean `1 − cos` between old and new rows (the paper's eq. 3–4,
+#   rows of `[out, in]`); scaling rows moves only ΔM and turning them only ΔD (section 1 checks both).
+# * For LoRA and DoRA the analysis reads the merged weight `W0 + ΔW`: snapshots at four checkpoints give one point
+#   per layer and checkpoint, for each method.
+# * A pooled correlation mixes the time trend with the differences between layers; the correlation within
+#   checkpoints separates them, and intervals must resample whole layers, not points.
+# * Section 4 prints which of the paper's signs this course's runs reproduce, and whether full fine-tuning's holds
+#   for another learning rate and seed.
+# * A step perpendicular to a row also lengthens it, which ties ΔM to ΔD whenever nothing else acts on the norm;
+#   the cumulative weight decay `λ·Σlr` of these runs is far below the paper's (section 5 prints both).
+#
+# ## Exercises
+#
+# Times are for a 2-core laptop CPU in the quick profile. Checked solutions:
+# [solutions/04_solutions.ipynb](solutions/04_solutions.ipynb).
+#
+# 1. **The analysis with weight decay off** *(about 15 minutes, a minute of it training)*. This notebook trains
+#    with `lowrank.train`'s default weight decay, λ = 0.01. Predict how much of DoRA's magnitude change that decay
+#    makes (decay multiplies `m` by `1 − lr_t·λ` at each step; `lowrank.figure2.decay_factors` gives the product),
+#    then train DoRA twice from the same start, with `weight_decay=0.01` and `weight_decay=0`, and compare the
+#    magnitudes and the correlations.
+# 2. **ΔM and ΔD by hand** *(about 10 minutes)*. Stretch each row of a random matrix by `1 + ε` and turn it by an
+#    angle `θ` (both drawn per row). Predict ΔM and ΔD from `ε`, `θ` and the row norms and check with
+#    `magnitude_direction_change`.
+# 3. **Pooled versus within checkpoints** *(about 10 minutes)*. Make up twelve points (three layers, four
+#    checkpoints) whose pooled correlation is strongly positive while, at every checkpoint, the layer with the
+#    larger ΔD has the smaller ΔM; compute both with `pooled_correlation` and `within_checkpoint_correlation`.

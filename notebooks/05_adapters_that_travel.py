@@ -205,3 +205,32 @@ print("callback (live weights) and command (saved checkpoints) agree:", len(live
 from IPython.display import Image
 
 Image(filename=str(workdir / "command" / "dm_dd.png"), width=480)
+
+# %% [markdown]
+# ## What you learned
+#
+# * An adapter is saved as its trainable tensors only (the save prints the file sizes next to the model's),
+#   in safetensors, so loading it cannot run code.
+# * A save is atomic and records a digest of every tensor; a load checks the digests and names a damaged tensor.
+# * The same adapter reloads on a fresh backbone, exports to PEFT's format, loads with PEFT and imports back into
+#   the from-scratch layers, with the same logits at every hop.
+# * A load into adapters of other settings is refused, naming the field and both values, before anything is
+#   copied; a backbone of another size is refused at the first tensor whose shape differs; one with the same
+#   shapes is not detected.
+# * The DoRA paper's Figure 2 for checkpoints on disk: a Trainer callback measures it live, `python -m
+#   lowrank.analyze` from the saved checkpoints, and the two agree.
+#
+# ## Exercises
+#
+# No training: the code of each runs in seconds on a 2-core laptop CPU, in the quick profile as in the full one.
+# Checked solutions: [solutions/05_solutions.ipynb](solutions/05_solutions.ipynb).
+#
+# 1. **Read the error before you see it** *(about 10 minutes)*. This notebook loaded its adapter into adapters of
+#    another rank. Predict the message for another alpha, another method (LoRA) and other targets (query, key and
+#    value), then run the three loads. Is each model left as it was?
+# 2. **The wrong backbone** *(about 10 minutes)*. Load a saved adapter into a DistilBERT of the same shapes with
+#    random weights, and into a smaller one (`dim=192`, `hidden_dim=768`). Which load is refused? What do the
+#    logits of the accepted one look like next to the right backbone's?
+# 3. **Damage one byte** *(about 15 minutes)*. A safetensors file is an 8-byte header length, a JSON header with
+#    each tensor's byte range, then the bytes. Find the tensor that holds the middle byte of the data, flip that
+#    byte in a copy of the file, and check that loading names that tensor.

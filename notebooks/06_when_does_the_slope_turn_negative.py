@@ -322,16 +322,24 @@ for (condition, method) in dict.fromkeys((r["condition"], r["method"]) for r in 
 # * Where the decayed parameter carries the row norm (FT's weights, DoRA's magnitude), decay at the paper's cumulative
 #   strength dominated ΔM in these runs and produced a negative slope across layers; LoRA's decay cannot reach `W0`,
 #   so LoRA stayed positive.
+# * Without decay, the longer regime moved the weights further and no slope turned negative: size alone does not
+#   produce the paper's pattern (section 6).
 # * A pooled correlation over checkpoints mixes time with layers: read it with the within-checkpoint and per-layer
 #   correlations, and with intervals that resample layers, not points.
+# * Where the paper's checkpoints sit changes its pooled number: spread over the run they add the time trend that
+#   decay and training share; bunched at the end they leave mostly the differences between layers (section 5).
 
 # %% [markdown]
-# ## Exercise
+# ## Exercises
 #
-# 1. *(5 minutes, no training)* Repeat section 3's table for the **value** matrices:
-#    `show(figure2.correlation_table(points, "v_lin", "even"))`. Does the mechanism of section 4 predict their signs
-#    too? Hint: compare the layers' row norms of query and value matrices in `mechanism`.
-# 2. *(about 7 minutes on 2 cores)* Predict, then measure: DoRA at *half* the paper's decay strength. Run
+# Checked solutions: [solutions/06_solutions.ipynb](solutions/06_solutions.ipynb).
+#
+# 1. **The value matrices** *(about 10 minutes; no training, seconds to run in either profile)*. Repeat section 3's
+#    table for the **value** matrices: `show(figure2.correlation_table(points, "v_lin", "even"))`. Does the mechanism
+#    of section 4 predict their signs too? Check it run by run against the factor `c` of section 2's table. Hint:
+#    compare the layers' row norms of query and value matrices in `mechanism`.
+# 2. **Half the paper's decay for DoRA** *(about 7 minutes on 2 cores in either profile: one 600-step run)*. Predict,
+#    then measure: DoRA at *half* the paper's decay strength. Run
 #    ```python
 #    figure2.PAPER_CUMULATIVE_DECAY["DoRA"] = 0.15
 #    half = figure2.Condition("long_wd_0.15", figure2.LONG, "paper", methods=("DoRA",))
@@ -341,4 +349,5 @@ for (condition, method) in dict.fromkeys((r["condition"], r["method"]) for r in 
 #    show(figure2.correlation_table(mine, "q_lin", "late"))
 #    ```
 #    and compare with `long_wd_paper` and `long_wd_paper_m_exempt` above. (`run_study` skips a condition whose name it
-#    already finds in the folder, so give each strength its own name.)
+#    already finds in the folder, so give each strength its own name.) In the quick profile the solution runs a
+#    12-step version instead, in seconds: enough to check the arithmetic of `c`, not the correlations.
