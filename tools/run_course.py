@@ -11,8 +11,9 @@ The breakdown comes from two sources: each cell's execution time (recorded by nb
 dropped from the saved notebook), and the phase totals the package records while it trains,
 evaluates, tokenizes and loads (``lowrank.timing.phase``). "other" is the rest: kernel start,
 imports, analysis and plotting in the notebook's own cells. The table is printed and written
-to ``course_times.json`` beside the figures, with the machine's fp32 ``torch.mm`` rate, so
-times can be scaled to another machine.
+to ``course_times.json`` beside the figures, each notebook with the machine's fp32 ``torch.mm``
+rate and thread count it ran at, so times can be scaled to another machine. Running some notebooks
+updates their entries and keeps the others'.
 """
 
 from __future__ import annotations
@@ -143,11 +144,16 @@ def main() -> None:
         print(f"   done in {timings[path.name]['seconds']:,.0f} s", flush=True)
     print_table(timings)
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps({
-        "profile": profile, "matmul_gflops_fp32": round(rate), "torch_threads": threads,
-        "cpu": platform.processor() or platform.machine(), "date": datetime.now().isoformat(timespec="minutes"),
-        "notebooks": timings, "total_seconds": round(sum(t["seconds"] for t in timings.values()), 1),
-    }, indent=1) + "\n")
+    this_run = {"matmul_gflops_fp32": round(rate), "torch_threads": threads,
+                "cpu": platform.processor() or platform.machine(), "date": datetime.now().isoformat(timespec="minutes")}
+    for timing in timings.values():
+        timing.update(this_run)
+    merged = json.loads(report.read_text()).get("notebooks", {}) if report.exists() else {}
+    merged.update(timings)  # a run of some notebooks keeps the others' last measured times
+    merged = dict(sorted(merged.items()))
+    report.write_text(json.dumps({"profile": profile, "notebooks": merged,
+                                  "total_seconds": round(sum(t["seconds"] for t in merged.values()), 1)},
+                                 indent=1) + "\n")
     print(f"breakdown written to {report.relative_to(ROOT)}")
 
 
