@@ -23,8 +23,42 @@
 # 3. a `LoRALinear` layer built step by step, checked against `lowrank.LoRALinear`;
 # 4. parameter counts; merging for inference at no extra cost;
 # 5. the mistakes of the article this course grew out of, each run to show what goes wrong.
+
+# %% [markdown]
+# ### Running this notebook
 #
 # **Runtime on a 2-core laptop CPU:** about 15 seconds (`LOWRANK_PROFILE=quick`), about 1 minute (`full`), measured.
+#
+# **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
+# `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
+# printed below names the profile that ran, with the backbone, the data and the device. To switch inside the
+# notebook, set `PROFILE = "quick"` in the next cell (it sets `os.environ["LOWRANK_PROFILE"]` before `lowrank` is
+# imported) and run from the top; or start Jupyter with the environment variable `LOWRANK_PROFILE=quick`.
+#
+# **Stopping early.** Interrupting the kernel (■ in the toolbar, or `I`, `I`; Ctrl-C in a terminal) while a training
+# progress bar runs ends that training and keeps what it did: `lowrank`'s `train` returns the steps done so far
+# (with `interrupted` set), and the cell goes on with the partly trained model.
+
+# %%
+# The one place to choose the profile inside the notebook: None keeps $LOWRANK_PROFILE (default "full");
+# "quick" for a live class, "full" for self-study. It must run before lowrank is imported: run from the top.
+import os
+
+PROFILE = None
+if PROFILE:
+    os.environ["LOWRANK_PROFILE"] = PROFILE
+
+# %%
+# Google Colab only (does nothing anywhere else): install the course package and its dependencies.
+# First put your copy of this repository into the session, e.g. `!git clone <its address> /content/lowrank`.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    REPOSITORY = "/content/lowrank"  # where the clone is
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", REPOSITORY], check=True)
+    sys.path.insert(0, REPOSITORY)  # importable now, without restarting the runtime
 
 # %%
 import copy
@@ -35,13 +69,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import lowrank
-from lowrank.settings import backbone_name, current_profile, dataset_name, figure_path
-from lowrank.training import seed_everything
+from lowrank.notebook import setup_notebook
+from lowrank.settings import figure_path
+from lowrank.training import seed_everything, train
 
-profile = current_profile()
-torch.set_num_threads(max(1, torch.get_num_threads()))
-seed_everything(0)
-print(f"profile: {profile.name}; backbone: {backbone_name()}; data: {dataset_name()}")
+setup = setup_notebook(load=True, use_device=False)
+profile, model, tokenizer, data = setup.profile, setup.model, setup.tokenizer, setup.data
 
 # %% [markdown]
 # ## 1. Why a low-rank update is enough
@@ -52,13 +85,10 @@ print(f"profile: {profile.name}; backbone: {backbone_name()}; data: {dataset_nam
 # We fine-tune all weights for a few steps, then compare the singular values of the update `ΔW = W_t − W_0`
 # of each attention query matrix with those of `W_0` itself and of a random matrix of the same shape.
 
-# %%
-from lowrank.data import load_sentiment
-from lowrank.training import tokenize, train
+# %% [markdown]
+# *Long cell*, the longest of this notebook; interrupting the kernel keeps what was trained.
 
-model, tokenizer = lowrank.load_backbone(backbone_name())
-data = tokenize(load_sentiment(dataset_name(), train_size=profile.train_size, eval_size=profile.eval_size), tokenizer,
-                profile.max_length)
+# %%
 queries = [name for name, _ in model.named_modules() if name.endswith("q_lin")]
 pretrained = {name: model.get_submodule(name).weight.detach().clone() for name in queries}
 probe = copy.deepcopy(model)
@@ -249,9 +279,12 @@ plt.show()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"{'r':>4} {'LoRA params':>12} {'of 768x768':>11}")
+out_features, in_features = model.get_submodule(queries[0]).weight.shape
+shapes = {"this backbone": (out_features, in_features), "distilbert-base-uncased": (768, 768)}  # one query matrix
+print("LoRA parameters of one query matrix, and their share of the matrix's own:")
+print(f"{'r':>4}" + "".join(f" {f'{name}, {o}x{i}':>33}" for name, (o, i) in shapes.items()))
 for r in [1, 2, 4, 8, 16, 64, 256]:
-    print(f"{r:>4} {r * (768 + 768):>12,} {r * (768 + 768) / 768**2:>10.2%}")
+    print(f"{r:>4}" + "".join(f" {r * (o + i):>22,} ({r * (o + i) / (o * i):>7.2%})" for o, i in shapes.values()))
 
 # %% [markdown]
 # And on the whole backbone, with adapters on the query and value projections of every layer

@@ -21,34 +21,65 @@
 # that full fine-tuning (FT) shows a *negative* correlation between the two (large direction changes come with small
 # magnitude changes and vice versa), LoRA a *positive* one (both move together, "proportionally"), and DoRA a negative
 # one like FT. The paper did not release the code for this analysis; here it is, run on this course's backbone.
+
+# %% [markdown]
+# ### Running this notebook
 #
 # **Runtime on a 2-core laptop CPU:** about 1 minute (`LOWRANK_PROFILE=quick`), 12–13 minutes (`full`), measured on two machines (13 at 272 GFLOP/s).
+#
+# **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
+# `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
+# printed below names the profile that ran, with the backbone, the data and the device. To switch inside the
+# notebook, set `PROFILE = "quick"` in the next cell (it sets `os.environ["LOWRANK_PROFILE"]` before `lowrank` is
+# imported) and run from the top; or start Jupyter with the environment variable `LOWRANK_PROFILE=quick`.
+#
+# **Stopping early.** Interrupting the kernel (■ in the toolbar, or `I`, `I`; Ctrl-C in a terminal) while a training
+# progress bar runs ends that training and keeps what it did: `lowrank`'s `train` returns the steps done so far
+# (with `interrupted` set), and the cell goes on with the partly trained model.
+
+# %%
+# The one place to choose the profile inside the notebook: None keeps $LOWRANK_PROFILE (default "full");
+# "quick" for a live class, "full" for self-study. It must run before lowrank is imported: run from the top.
+import os
+
+PROFILE = None
+if PROFILE:
+    os.environ["LOWRANK_PROFILE"] = PROFILE
+
+# %%
+# Google Colab only (does nothing anywhere else): install the course package and its dependencies.
+# First put your copy of this repository into the session, e.g. `!git clone <its address> /content/lowrank`.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    REPOSITORY = "/content/lowrank"  # where the clone is
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", REPOSITORY], check=True)
+    sys.path.insert(0, REPOSITORY)  # importable now, without restarting the runtime
 
 # %%
 import copy
-import csv
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 import lowrank
-from lowrank.data import load_sentiment
 from lowrank.magnitude_direction import (
     correlation_summary,
     magnitude_direction_change,
     magnitude_direction_points,
     merged_linear_weights,
     plot_points,
-    points_as_rows,
+    write_points_csv,
 )
-from lowrank.settings import backbone_name, current_profile, dataset_name, default_device, figure_path
-from lowrank.training import accuracy, seed_everything, tokenize, train
+from lowrank.notebook import setup_notebook
+from lowrank.settings import backbone_display_name, dataset_display_name, figure_path
+from lowrank.training import accuracy, seed_everything, train
 
-profile = current_profile()
-device = default_device()
-seed_everything(0)
-print(f"profile: {profile.name}; backbone: {backbone_name()}; data: {dataset_name()}; device: {device}")
+setup = setup_notebook(load=True)
+profile, device, model, tokenizer, data = setup.profile, setup.device, setup.model, setup.tokenizer, setup.data
 
 # %% [markdown]
 # ## 1. ΔM and ΔD, exactly as the paper's eq. 3–4
@@ -87,10 +118,11 @@ for label, (dm, dd) in synthetic.items():
 # Full fine-tuning, LoRA and DoRA (query and value adapters, r = 8, α = 16), the same data, order and number of steps.
 # We snapshot the effective query and value matrices of all layers at three intermediate steps and the final step.
 
+# %% [markdown]
+# *Long cell*, the longest of this notebook: three training runs, one after the other. Interrupting the kernel ends the
+# run in progress and keeps what it trained (and its snapshots so far); the next run then starts.
+
 # %%
-model, tokenizer = lowrank.load_backbone(backbone_name())
-data = tokenize(load_sentiment(dataset_name(), train_size=profile.train_size, eval_size=profile.eval_size, seed=0),
-                tokenizer, profile.max_length)
 total_steps = profile.analysis_steps
 snapshot_steps = [total_steps // 4, total_steps // 2, 3 * total_steps // 4, total_steps]
 pattern = r"\.(q_lin|v_lin)$"
@@ -132,7 +164,8 @@ def figure(kind: str, title: str, path: str) -> dict:
     for ax, (label, points) in zip(axes, per_method.items()):
         _, handles = plot_points(points, ax=ax, title=label)
     fig.legend(handles=handles, loc="center right", fontsize=8)
-    fig.suptitle(f"{title}: magnitude vs direction change ({backbone_name()}, {dataset_name()}, {profile.name} profile)")
+    fig.suptitle(f"{title}: magnitude vs direction change. {backbone_display_name(setup.backbone)} on "
+                 f"{dataset_display_name(setup.dataset)}, {profile.name} profile")
     fig.tight_layout(rect=(0, 0, 0.9, 1))
     fig.savefig(path, dpi=120)
     plt.show()
@@ -169,12 +202,8 @@ for kind, per_method in [("query", query_points), ("value", value_points)]:
             text = [f"{c.value:+.2f} [{c.low:+.2f}, {c.high:+.2f}]" for c in cells]
             quoted = f"{paper[label]:+.2f}" if statistic == "pooled" and kind == "query" else ""
             print(f"{kind:>8} {label:>6} {statistic:>18} {text[0]:>22} {text[1]:>22} {quoted:>6}")
-with open(figure_path("04_points.csv"), "w", newline="") as handle:
-    writer = csv.DictWriter(handle, fieldnames=["method", "module", "layer", "step", "delta_m", "delta_d"])
-    writer.writeheader()
-    for per_method in (query_points, value_points):
-        for points in per_method.values():
-            writer.writerows(points_as_rows(points))
+write_points_csv(figure_path("04_points.csv"),
+                 [p for per_method in (query_points, value_points) for points in per_method.values() for p in points])
 
 # %% [markdown]
 # How far did each method move the weights? The median over layers of ΔD and ΔM at the last checkpoint, and how
@@ -199,6 +228,9 @@ for kind, per_method in [("query", query_points), ("value", value_points)]:
 # rate, once with another seed (another data order and head initialisation), the same number of steps, query matrices
 # only. (DoRA's runs are repeated under many more conditions in notebook 06.)
 
+# %% [markdown]
+# *Long cell*: two more training runs. Interrupting the kernel ends the run in progress and keeps what it trained.
+
 # %%
 query_only = r"\.q_lin$"
 variants = {"FT, lr 1e-4, seed 0 (above)": (1e-4, 0), "FT, lr 3e-4, seed 0": (3e-4, 0), "FT, lr 1e-4, seed 1": (1e-4, 1)}
@@ -208,7 +240,7 @@ for label, (lr, seed) in variants.items():
         points, acc = query_points["FT"], accuracies["FT"]
     else:
         seed_everything(seed)
-        candidate, _ = lowrank.load_backbone(backbone_name(), seed=seed)
+        candidate, _ = lowrank.load_backbone(setup.backbone, seed=seed)
         candidate = candidate.to(device).requires_grad_(True)
         run = train(candidate, data["train"], max_steps=total_steps, batch_size=profile.batch_size, lr=lr, seed=seed,
                     snapshot_steps=snapshot_steps, snapshot=lambda m: merged_linear_weights(m, query_only),

@@ -26,9 +26,43 @@
 # beside another's tensors (at worst the readable `adapter_config.json` is missing until the next save). Each file
 # also records an XXH3-128 digest of every tensor, since safetensors has no checksum, and every load checks them and
 # names a tensor whose bytes changed.
+
+# %% [markdown]
+# ### Running this notebook
 #
 # **Runtime on a 2-core laptop CPU:** about 30 seconds (`LOWRANK_PROFILE=quick`), about 1½ minutes (`full`, measured at 272 GFLOP/s); the last
 # section (a short 🤗 Trainer run and the ΔM/ΔD analysis of its checkpoints) is about half of it.
+#
+# **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
+# `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
+# printed below names the profile that ran, with the backbone, the data and the device. To switch inside the
+# notebook, set `PROFILE = "quick"` in the next cell (it sets `os.environ["LOWRANK_PROFILE"]` before `lowrank` is
+# imported) and run from the top; or start Jupyter with the environment variable `LOWRANK_PROFILE=quick`.
+#
+# **Stopping early.** Interrupting the kernel (■ in the toolbar, or `I`, `I`; Ctrl-C in a terminal) while a training
+# progress bar runs ends that training and keeps what it did: `lowrank`'s `train` returns the steps done so far
+# (with `interrupted` set), and the cell goes on with the partly trained model.
+
+# %%
+# The one place to choose the profile inside the notebook: None keeps $LOWRANK_PROFILE (default "full");
+# "quick" for a live class, "full" for self-study. It must run before lowrank is imported: run from the top.
+import os
+
+PROFILE = None
+if PROFILE:
+    os.environ["LOWRANK_PROFILE"] = PROFILE
+
+# %%
+# Google Colab only (does nothing anywhere else): install the course package and its dependencies.
+# First put your copy of this repository into the session, e.g. `!git clone <its address> /content/lowrank`.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    REPOSITORY = "/content/lowrank"  # where the clone is
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", REPOSITORY], check=True)
+    sys.path.insert(0, REPOSITORY)  # importable now, without restarting the runtime
 
 # %%
 import copy
@@ -39,16 +73,18 @@ import torch
 from peft import PeftModel
 
 import lowrank
-from lowrank.data import load_sentiment
+from lowrank.notebook import setup_notebook
 from lowrank.persistence import export_peft, import_peft, load_adapters, save_adapters
-from lowrank.settings import backbone_name, current_profile, dataset_name
-from lowrank.training import predict, seed_everything, tokenize, train
+from lowrank.training import predict, seed_everything, train
 
-profile = current_profile()
-seed_everything(0)
-base, tokenizer = lowrank.load_backbone(backbone_name())
-data = tokenize(load_sentiment(dataset_name(), train_size=profile.train_size, eval_size=profile.eval_size, seed=0),
-                tokenizer, profile.max_length)
+setup = setup_notebook(load=True, use_device=False)
+profile, base, tokenizer, data = setup.profile, setup.model, setup.tokenizer, setup.data
+
+# %% [markdown]
+# *Long cell*: a short DoRA training run to have an adapter worth saving. Interrupting the kernel keeps what was
+# trained.
+
+# %%
 model = lowrank.add_adapters(copy.deepcopy(base), ["q_lin", "v_lin"], method="dora", rank=8, alpha=16)
 run = train(model, data["train"], max_steps=profile.probe_steps, lr=2e-3, description="DoRA")
 reference = predict(model, data["test"])
@@ -66,9 +102,9 @@ print(f"trained {run.steps} steps; working in a temporary folder")
 # NBVAL_CHECK_OUTPUT
 save_adapters(model, workdir / "mine")
 for file in sorted((workdir / "mine").iterdir()):
-    print(f"{file.name:>22}: {file.stat().st_size / 2**20:.2f} MB")
-print(f"the whole model would be {sum(p.numel() * 4 for p in base.parameters()) / 2**20:.1f} MB")
-fresh, _ = lowrank.load_backbone(backbone_name())
+    print(f"{file.name:>22}: {file.stat().st_size / 2**10:,.1f} KiB")
+print(f"the whole model would be {sum(p.numel() * 4 for p in base.parameters()) / 2**20:.1f} MiB")
+fresh, _ = lowrank.load_backbone(setup.backbone)
 reloaded = load_adapters(fresh, workdir / "mine")
 print("reloaded logits equal the trained model's:", torch.allclose(predict(reloaded, data["test"]), reference, atol=1e-6))
 
@@ -82,7 +118,7 @@ print("reloaded logits equal the trained model's:", torch.allclose(predict(reloa
 # %%
 # NBVAL_CHECK_OUTPUT
 export_peft(model, workdir / "peft")
-plain, _ = lowrank.load_backbone(backbone_name())
+plain, _ = lowrank.load_backbone(setup.backbone)
 with_peft = PeftModel.from_pretrained(plain, str(workdir / "peft")).eval()
 with torch.no_grad():
     peft_logits = predict(with_peft, data["test"])
@@ -94,7 +130,7 @@ print("PEFT's logits equal ours (to 1e-5):", torch.allclose(peft_logits, referen
 
 # %%
 # NBVAL_CHECK_OUTPUT
-again, _ = lowrank.load_backbone(backbone_name())
+again, _ = lowrank.load_backbone(setup.backbone)
 imported = import_peft(again, workdir / "peft")
 print("adapter layers:", len(list(lowrank.adapter_layers(imported))),
       "of type", {type(layer).__name__ for _, layer in lowrank.adapter_layers(imported)})
@@ -140,6 +176,10 @@ except ValueError as error:
 # Here a Trainer fine-tunes a PEFT DoRA adapter on the course's model with the callback attached, saving a
 # checkpoint every `every` steps; then the command analyses those checkpoints, and the two must agree.
 
+# %% [markdown]
+# *Long cell*: a 🤗 Trainer run. The Trainer, unlike `lowrank`'s `train`, does not catch an interrupt: interrupting
+# the kernel here stops the notebook.
+
 # %%
 from peft import LoraConfig, get_peft_model
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
@@ -151,7 +191,7 @@ from lowrank.trainer_callback import MagnitudeDirectionCallback
 steps = profile.probe_steps
 every = steps // 4
 seed_everything(0)
-backbone, _ = lowrank.load_backbone(backbone_name())
+backbone, _ = lowrank.load_backbone(setup.backbone)
 peft_dora = get_peft_model(backbone, LoraConfig(r=8, lora_alpha=16, target_modules=["q_lin", "v_lin"], use_dora=True,
                                                 modules_to_save=["pre_classifier", "classifier"]))
 callback = MagnitudeDirectionCallback(modules=r"q_lin$", every=every, run="PEFT DoRA", out=workdir / "callback",
@@ -177,7 +217,7 @@ import contextlib
 import io
 
 with contextlib.redirect_stdout(io.StringIO()) as log:
-    status = analyze(["--run", f"PEFT DoRA={workdir / 'trainer-run'}", "--base", backbone_name(), "--modules",
+    status = analyze(["--run", f"PEFT DoRA={workdir / 'trainer-run'}", "--base", setup.backbone, "--modules",
                       "q_lin$", "--out", str(workdir / "command"), "--bootstrap", "500", "--no-progress"])
 print(log.getvalue().replace(str(workdir), "<folder>"))
 assert status == 0, "the analysis failed: see the message above"

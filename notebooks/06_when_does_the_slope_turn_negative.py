@@ -30,9 +30,42 @@
 #
 # It writes `figures/06_ablation_points.csv` (one row per layer, matrix, checkpoint and run), which this notebook
 # reads; in every profile the notebook also re-runs a tiny version of one condition, so you see the machinery work.
+
+# %% [markdown]
+# ### Running this notebook
 #
 # **Runtime on a 2-core laptop CPU:** under a minute in either profile (16 s measured in `full` at 272 GFLOP/s);
 # the study itself is not re-run here.
+#
+# **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
+# `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
+# printed below names the profile that ran, with the backbone, the data and the device. To switch inside the
+# notebook, set `PROFILE = "quick"` in the next cell (it sets `os.environ["LOWRANK_PROFILE"]` before `lowrank` is
+# imported) and run from the top; or start Jupyter with the environment variable `LOWRANK_PROFILE=quick`.
+#
+# **Stopping early.** This notebook's own training is one tiny run of a few seconds. The study command above keeps its
+# finished runs when interrupted (Ctrl-C), and the same command resumes where it stopped.
+
+# %%
+# The one place to choose the profile inside the notebook: None keeps $LOWRANK_PROFILE (default "full");
+# "quick" for a live class, "full" for self-study. It must run before lowrank is imported: run from the top.
+import os
+
+PROFILE = None
+if PROFILE:
+    os.environ["LOWRANK_PROFILE"] = PROFILE
+
+# %%
+# Google Colab only (does nothing anywhere else): install the course package and its dependencies.
+# First put your copy of this repository into the session, e.g. `!git clone <its address> /content/lowrank`.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    REPOSITORY = "/content/lowrank"  # where the clone is
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", REPOSITORY], check=True)
+    sys.path.insert(0, REPOSITORY)  # importable now, without restarting the runtime
 
 # %%
 import csv
@@ -47,14 +80,15 @@ import torch
 
 from lowrank import figure2
 from lowrank.magnitude_direction import magnitude_direction_change, pooled_correlation
-from lowrank.settings import REPOSITORY_FIGURES, current_profile, figure_path
+from lowrank.notebook import setup_notebook
+from lowrank.settings import REPOSITORY_FIGURES, figure_path
 
-profile = current_profile()
+profile = setup_notebook(use_device=False).profile
 STUDY = REPOSITORY_FIGURES  # the committed study results
 points = figure2.read_csv(STUDY / figure2.POINTS_FILE)
 mechanism = figure2.read_csv(STUDY / figure2.MECHANISM_FILE)
 runs = json.loads((STUDY / figure2.RUNS_FILE).read_text())
-print(f"profile: {profile.name}; study: {len(runs)} runs, {len(points):,} points, "
+print(f"study: {len(runs)} runs, {len(points):,} points, "
       f"conditions {list(dict.fromkeys(r['condition'] for r in points))}")
 
 # %% [markdown]
