@@ -94,9 +94,9 @@ def lora_diagram(in_features: int = 384, out_features: int = 384, rank: int = 8,
     y = _box(ax, 0.95, 0.5, f"y\n[…, out]\n= […, {out_features}]", IO)
     _arrow(ax, x, w0, start=(1.0, 0.8), end=(0.0, 0.5))
     _arrow(ax, x, a, start=(1.0, 0.2), end=(0.0, 0.5))
-    _arrow(ax, a, b, label=f"A x: […, r] = […, {rank}]")
+    _arrow(ax, a, b, label=f"x Aᵀ: […, r] = […, {rank}]")
     _arrow(ax, b, scale)
-    _arrow(ax, w0, plus, label=f"W₀ x + b: […, {out_features}]", start=(1.0, 0.5), end=(0.5, 1.0),
+    _arrow(ax, w0, plus, label=f"x W₀ᵀ + b: […, {out_features}]", start=(1.0, 0.5), end=(0.5, 1.0),
            label_offset=(6.0, 2.0), label_ha="left")
     _arrow(ax, scale, plus, start=(0.5, 1.0), end=(0.5, 0.0))
     _arrow(ax, plus, y)

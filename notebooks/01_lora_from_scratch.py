@@ -19,10 +19,12 @@
 # of rank at most `r`. This notebook builds it in front of you and checks each claim by running it:
 #
 # 1. why a low-rank update is enough (the spectrum of a real fine-tuning update);
-# 2. the formula with PyTorch's axes, which factor starts at zero, why `α/r`, where dropout goes;
-# 3. a `LoRALinear` layer built step by step, checked against `lowrank.LoRALinear`;
-# 4. parameter counts; merging for inference at no extra cost;
-# 5. the mistakes of the article this course grew out of, each run to show what goes wrong.
+# 2. the formula with PyTorch's axes, which factor starts at zero, where dropout goes, and a `LoRALinear` layer
+#    built step by step, checked against `lowrank.LoRALinear`;
+# 3. why `α/r` (measured);
+# 4. parameter counts;
+# 5. merging for inference at no extra cost;
+# 6. the mistakes of the article this course grew out of, each run to show what goes wrong.
 
 # %% [markdown]
 # ### Running this notebook
@@ -82,8 +84,9 @@ profile, model, tokenizer, data = setup.profile, setup.model, setup.tokenizer, s
 # A pretrained weight matrix is *not* low rank: its singular values decay slowly. The claim of LoRA
 # is about the **update** a fine-tune makes: most of its energy sits in a few directions. Let us check that
 # on the course's backbone (a DistilBERT-architecture model; notebook 02 says what it is).
-# We fine-tune all weights for a few steps, then compare the singular values of the update `ΔW = W_t − W_0`
-# of each attention query matrix with those of `W_0` itself and of a random matrix of the same shape.
+# We fine-tune all weights for a few steps, then compare how much of each matrix's energy (`‖·‖²_F`, the sum of its
+# squared singular values) its best rank-`r` approximation keeps: the update `ΔW = W_t − W_0` of each attention
+# query matrix, `W_0` itself, and a random matrix of the same shape.
 
 # %% [markdown]
 # *Long cell*, the longest of this notebook; interrupting the kernel keeps what was trained.
@@ -94,7 +97,9 @@ pretrained = {name: model.get_submodule(name).weight.detach().clone() for name i
 probe = copy.deepcopy(model)
 probe_run = train(probe, data["train"], max_steps=profile.probe_steps, lr=5e-5, seed=0, description="full fine-tune probe")
 updates = {name: probe.get_submodule(name).weight.detach() - pretrained[name] for name in queries}
-print(f"{profile.probe_steps} steps of full fine-tuning, loss {probe_run.losses[0]:.3f} -> {probe_run.losses[-1]:.3f}")
+window = max(1, profile.probe_steps // 6)
+print(f"{profile.probe_steps} steps of full fine-tuning, mean loss of the first {window} steps "
+      f"{sum(probe_run.losses[:window]) / window:.3f} -> last {window}: {sum(probe_run.losses[-window:]) / window:.3f}")
 
 
 # %%
@@ -111,7 +116,9 @@ curves = {
     "random Gaussian": energy_captured(torch.randn_like(pretrained[queries[0]])),
 }
 for label, curve in curves.items():
-    print(f"{label:>22}: rank 8 keeps {curve[7]:.0%}, rank 32 keeps {curve[31]:.0%} of the energy")
+    needed = int((curve < 0.9).sum().item()) + 1
+    print(f"{label:>22}: rank 8 keeps {curve[7]:.0%}, rank 32 keeps {curve[31]:.0%} of the energy; "
+          f"90 % needs rank {needed} of {len(curve)}")
 
 fig, ax = plt.subplots(figsize=(6, 3.6))
 for label, curve in curves.items():
@@ -120,15 +127,16 @@ ax.axvline(8, color="grey", linestyle=":", label="r = 8")
 ax.set_xscale("log")
 ax.set_xlabel("rank r of the approximation")
 ax.set_ylabel("fraction of ||·||²_F kept")
-ax.set_title("Query matrices, mean over layers")
+ax.set_title("Energy kept at rank r (query matrices: mean of the layers; random: one matrix)", fontsize=9)
 ax.legend()
 fig.tight_layout()
 fig.savefig(figure_path("01_update_spectrum.png"), dpi=120)
 plt.show()
 
 # %% [markdown]
-# Read the three curves at `r = 8`. The pretrained matrix and the random one need most of their ranks
-# to be reproduced; the fine-tuning update is concentrated in far fewer directions. (How concentrated
+# Read the three curves at `r = 8`, and the rank each needs for 90 % of its energy (printed above). The pretrained
+# matrix and the random one need a large share of their ranks; the fine-tuning update is concentrated in far
+# fewer directions. (How concentrated
 # depends on the run: a few steps of AdamW produce a noisy update; the printed numbers above are what
 # this run measured.) LoRA bets that a rank-`r` update is enough — and then learns it directly instead of
 # learning a full `ΔW` and compressing it.
@@ -142,12 +150,13 @@ plt.show()
 #
 # * **One factor starts at zero** so that `W' = W` at step 0: training starts *exactly* at the pretrained
 #   model. The paper and PEFT zero `B`, the factor applied last, and draw `A` at random (PEFT: Kaiming-uniform).
-#   Then `B` receives a gradient at step 0 while `A` does not yet: for one input `x` with output gradient
-#   `g = ∂L/∂y`, `∂L/∂B = (α/r)·g·(A x)ᵀ`, an outer product of shape `[out × r]`, nonzero since `A x ≠ 0`;
-#   `∂L/∂A = (α/r)·Bᵀ g xᵀ`, which is zero while `B = 0`. Over a batch (rows of `X`, `G`): `(α/r)·Gᵀ(X Aᵀ)`.
-#   The cell below checks both against autograd.
+#   Then `B` receives a gradient at step 0 while `A` does not yet: for one input `x` written as a column vector
+#   (so `y = W x + b`) with output gradient `g = ∂L/∂y`, `∂L/∂B = (α/r)·g·(A x)ᵀ`, an outer product of shape
+#   `[out × r]`, nonzero since `A x ≠ 0`; `∂L/∂A = (α/r)·Bᵀ g xᵀ`, which is zero while `B = 0`. PyTorch stacks
+#   inputs as the rows of `X` (`Y = X Wᵀ + b`), and the batched form is `∂L/∂B = (α/r)·Gᵀ(X Aᵀ)`. The cell below
+#   checks that formula against autograd, and that `∂L/∂A` is zero while `B = 0`.
 # * **`α/r`, not `α`**: see section 3, measured.
-# * **Dropout** acts on the input of the LoRA branch only: `y = W x + b + (α/r)·B A·dropout(x)`.
+# * **Dropout** acts on the input of the LoRA branch only (column-vector form): `y = W x + b + (α/r)·B A·dropout(x)`.
 #   The frozen path sees the clean input, exactly as in the pretrained model.
 #
 # We build the layer now, one piece at a time, after checking the gradients just stated.
@@ -201,7 +210,7 @@ class MyLoRALinear(nn.Module):
 
 # %% [markdown]
 # Check it: at step 0 the layer is the base layer; its shapes follow `[out, in]`; and after giving `B`
-# some values it computes exactly what `lowrank.LoRALinear` computes with the same factors.
+# some values it computes what `lowrank.LoRALinear` computes with the same factors (to float rounding).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -267,7 +276,7 @@ fig.savefig(figure_path("01_scaling_vs_rank.png"), dpi=120)
 plt.show()
 
 # %% [markdown]
-# With `s = α`, going from `r = 1` to `r = 64` multiplies the size of every step by about 8: changing the rank
+# With `s = α`, going from `r = 1` to `r = 64` multiplies the size of the first step by about 8 (printed above): changing the rank
 # silently changes the learning rate, and a learning rate tuned at one rank is wrong at another. Dividing by
 # `r` removes that growth (it over-corrects by `√r`: larger ranks take *smaller* first steps; rsLoRA's `α/√r`
 # is flat). The course follows the LoRA paper and PEFT (`α/r`) so its numbers are comparable with theirs;
@@ -292,7 +301,7 @@ for r in [1, 2, 4, 8, 16, 64, 256]:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"backbone: {lowrank.count_parameters(model).total:,} parameters")
+print(f"model (pretrained backbone + new classification head): {lowrank.count_parameters(model).total:,} parameters")
 for r in [1, 4, 8, 16, 64]:
     adapted = lowrank.add_adapters(copy.deepcopy(model), ["q_lin", "v_lin"], method="lora", rank=r, alpha=2 * r)
     adapter_only = sum(p.numel() for n, p in adapted.named_parameters() if "lora_" in n)
@@ -332,30 +341,35 @@ for name, seconds in latency.items():
     print(f"{name:>14}: {1000 * seconds:6.1f} ms per batch of 32x64  (x{seconds / latency['base']:.2f} of base)")
 
 # %% [markdown]
-# The merged model costs what the base costs (differences are the machine's noise); the unmerged one pays
-# for the extra thin matmuls. Keep adapters unmerged to switch tasks cheaply; merge to deploy.
+# The merged model costs what the base costs (differences are the machine's noise); the unmerged one pays for the
+# extra work in each adapted layer: little arithmetic, but two thin matmuls, a scaling and an addition that run as
+# separate operations. Keep adapters unmerged to switch tasks cheaply; merge to deploy.
 #
 # ## 6. The seed article's mistakes, run
 #
 # This course grew out of a short blog article, "LoRA和DoRA" ("LoRA and DoRA", in Chinese, by 张广益, 16 May 2024),
-# which fine-tunes DistilBERT with both. Its code has bugs that are easy to copy. Each one below is executed, so
+# which shows how to put both into DistilBERT (it builds the models and counts their trainable parameters; it
+# trains nothing). Its code has bugs that are easy to copy. Each one below is executed, so
 # you can see what it does.
 #
 # > **The seed article's mistakes**
 # > 1. *Text and code disagree on the zero factor.* The text says "在初始化时，矩阵 A 为零矩阵，B 为随机的高斯分布"
 # >    ("at initialisation, A is a zero matrix and B random Gaussian"); its `LoRALayer` does the opposite (run
-# >    below), with shapes transposed from `nn.Linear`'s. Either zero factor gives `W' = W` at the start, but
-# >    only a zero factor does: if you "fix" the disagreement by making both random, training no longer starts
-# >    from the pretrained model. Its `DoRALayer` then zeros the *input-side* factor (`lora_B`, `[r, in]`,
-# >    applied to `x` first), where the LoRA paper and PEFT zero the output-side `B`: a different
-# >    initialisation (Hayou et al., 2024, compare the two and find zeroing `B` trains better).
+# >    below): its code zeros the factor applied last (its `B`, `[r, out]`, the conventional choice under
+# >    transposed names). Zeroing either factor gives `W' = W` at the start; making both random does not, so
+# >    "fixing" the disagreement that way no longer starts from the pretrained model. Its `DoRALayer` then
+# >    zeros the *input-side* factor (`lora_B`, `[r, in]`, applied to `x` first), where the LoRA paper and
+# >    PEFT zero the output-side factor: a different initialisation. Hayou et al. (2024) compare the two and
+# >    find that zeroing the output-side factor (the paper's `B`) allows larger learning rates and trains better
+# >    on average.
 # > 2. *It scales by `α`, not `α/r`*: changing `r` silently changes the step size (section 3).
 # > 3. *DoRA's norm over `dim=0`* of an `[out, in]` weight normalises input columns, not output rows —
 # >    and nothing complains, on any shape: the `[1, in]` magnitude broadcasts against the `[out, in]` weight
 # >    (run below on a 6-in, 4-out layer; notebook 03 on DistilBERT's non-square `ffn.lin1`). Notebook 03
 # >    shows the wrong magnitudes it produces.
-# > 4. *`DoRALayer` cannot run*: it uses `nn`/`F` without importing them, breaks when `bias` is `None`,
-# >    declares `lora_dropout` and never uses it, and its example `forward` returns an undefined `logits`.
+# > 4. *The code cannot run as printed*: `DoRALayer` uses `nn`/`F` without importing them and breaks when `bias`
+# >    is `None`; the script sets `lora_dropout = 0.05` and passes it to no layer; the LoRA section's example
+# >    `forward` returns an undefined `logits`.
 # > 5. *No detach of the norm*: more memory than the paper's method (notebook 03 measures it).
 
 # %%
@@ -412,7 +426,7 @@ class DoRALayer(nn.Module):
         calc_weights = self.m * norm_adapted
         return F.linear(x, calc_weights, self.bias)
 '''
-namespace = {"torch": torch}  # the article imports only torch
+namespace = {"torch": torch}  # the article never imports nn or F
 try:
     exec(seed_dora_source, namespace)
 except NameError as error:
@@ -447,7 +461,8 @@ except NameError as error:
 # %%
 # NBVAL_CHECK_OUTPUT
 # The article sets `lora_dropout = 0.05`, then builds its layers with
-# `partial(LinearWithLoRA, rank=lora_r, alpha=lora_alpha)` and `partial(DoRALayer, rank=lora_r, alpha=lora_alpha)`.
+# `partial(LinearWithLoRA, rank=lora_r, alpha=lora_alpha)` and `partial(DoRALayer, rank=lora_r, alpha=lora_alpha)`;
+# `LinearWithLoRA(linear, rank, alpha)` passes them on to its `LoRALayer`. What do the two layers accept?
 import inspect
 
 for seed_class in (SeedLoRALayer, SeedDoRALayer):
@@ -459,7 +474,7 @@ print("seed DoRALayer's zero factor:", "lora_B" if bool((layer.lora_B == 0).all(
       tuple(layer.lora_B.shape), "= [r, in], the input side")
 
 # %% [markdown]
-# So the article's `lora_dropout = 0.05` is a variable that no layer receives: training with it is training
+# So the article's `lora_dropout = 0.05` is a variable that no layer receives: a model built this way would train
 # without dropout. In `lowrank`, `dropout` is an argument of every adapter and acts on the LoRA branch.
 #
 # **Next:** notebook 02 puts these layers into DistilBERT and fine-tunes it on sentiment.
@@ -474,14 +489,14 @@ print("seed DoRALayer's zero factor:", "lora_B" if bool((layer.lora_B == 0).all(
 # * Scaling by the seed's `α` makes the first step grow with the rank; `α/r` (LoRA, PEFT) over-corrects, `α/√r`
 #   (rsLoRA) keeps it flat (section 3 measures all three).
 # * LoRA trains `r·(in + out)` numbers per matrix: with rank-8 adapters on the query and value matrices, the whole
-#   model trains about 1 % of its parameters, head included (section 4).
+#   model trains about 1 % of its parameters, most of them the new head (section 4 prints the adapters alone).
 # * Merging writes `W + (α/r)·B·A` into a plain `nn.Linear`: same logits, and the base model's cost (section 5).
 # * The seed article's code, run: a layer that cannot run as printed, a magnitude per *input* feature, a dropout
 #   that no layer receives.
 #
 # ## Exercises
 #
-# Each takes a few minutes of thinking and typing; the code runs in seconds on a 2-core laptop CPU, in the quick
+# Each takes 10–15 minutes of thinking and typing; the code runs in seconds on a 2-core laptop CPU, in the quick
 # profile as in the full one. Checked solutions: [solutions/01_solutions.ipynb](solutions/01_solutions.ipynb).
 #
 # 1. **rsLoRA as a layer** *(about 10 minutes)*. Write `RsLoRALinear`, a subclass of `lowrank.LoRALinear` whose

@@ -28,7 +28,7 @@ def test_lora_diagram_labels_every_shape():
     fig.canvas.draw()  # the arrows' coordinates resolve at draw time
     text = _texts(fig)
     for label in ("W₀", "[out, in] = [768, 384]", "[r, in] = [8, 384]", "[out, r] = [768, 8]", "α/r",
-                  "16/8 = 2", "[…, in]", "= […, 384]", "= […, 768]", "A x: […, r] = […, 8]", "+"):
+                  "16/8 = 2", "[…, in]", "= […, 384]", "= […, 768]", "x Aᵀ: […, r] = […, 8]", "+"):
         assert label in text, label
     assert "frozen" in text and "starts at 0" in text
 
