@@ -173,8 +173,14 @@ def difference_from_original_bert(model: DistilBertForSequenceClassification,
     computes (notebook 02, section 1, prints it; the tests require < 1e-5).
     """
     from transformers import BertModel
+    from transformers.utils import logging as transformers_logging
 
-    bert = BertModel.from_pretrained(embedded_model_path(), add_pooling_layer=False).eval()
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its load report names the unused pooler, with a local path
+    try:
+        bert = BertModel.from_pretrained(embedded_model_path(), add_pooling_layer=False).eval()
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     ours = model.distilbert(**inputs).last_hidden_state
     reference = bert(**inputs).last_hidden_state
