@@ -202,8 +202,8 @@ for kind, per_method in [("query", query_points), ("value", value_points)]:
             text = [f"{c.value:+.2f} [{c.low:+.2f}, {c.high:+.2f}]" for c in cells]
             quoted = f"{paper[label]:+.2f}" if statistic == "pooled" and kind == "query" else ""
             print(f"{kind:>8} {label:>6} {statistic:>18} {text[0]:>22} {text[1]:>22} {quoted:>6}")
-write_points_csv(figure_path("04_points.csv"),
-                 [p for per_method in (query_points, value_points) for points in per_method.values() for p in points])
+points_file = write_points_csv(figure_path("04_points.csv"), [p for per_method in (query_points, value_points)
+                                                               for points in per_method.values() for p in points])
 
 # %% [markdown]
 # How far did each method move the weights? The median over layers of ΔD and ΔM at the last checkpoint, and how
