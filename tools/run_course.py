@@ -141,20 +141,24 @@ def main() -> None:
         out_path = path if out_folder is None else out_folder / path.name
         print(f"== {path.relative_to(ROOT)} (profile {profile})", flush=True)
         timings[path.name] = run_notebook(path, out_path, figures)
+        timings[path.name].update(matmul_gflops_fp32=round(rate), torch_threads=threads,
+                                  cpu=platform.processor() or platform.machine(),
+                                  date=datetime.now().isoformat(timespec="minutes"))
+        write_report(report, profile, {path.name: timings[path.name]})  # after each notebook: a crash keeps it
         print(f"   done in {timings[path.name]['seconds']:,.0f} s", flush=True)
     print_table(timings)
+    print(f"breakdown written to {report.relative_to(ROOT)}")
+
+
+def write_report(report: Path, profile: str, timings: dict[str, dict]) -> None:
+    """Add ``timings`` to the JSON report, keeping the other notebooks' last measured entries."""
     report.parent.mkdir(parents=True, exist_ok=True)
-    this_run = {"matmul_gflops_fp32": round(rate), "torch_threads": threads,
-                "cpu": platform.processor() or platform.machine(), "date": datetime.now().isoformat(timespec="minutes")}
-    for timing in timings.values():
-        timing.update(this_run)
     merged = json.loads(report.read_text()).get("notebooks", {}) if report.exists() else {}
-    merged.update(timings)  # a run of some notebooks keeps the others' last measured times
+    merged.update(timings)
     merged = dict(sorted(merged.items()))
     report.write_text(json.dumps({"profile": profile, "notebooks": merged,
                                   "total_seconds": round(sum(t["seconds"] for t in merged.values()), 1)},
                                  indent=1) + "\n")
-    print(f"breakdown written to {report.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
