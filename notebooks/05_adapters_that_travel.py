@@ -23,9 +23,10 @@
 #
 # Files are safetensors, never pickles: loading a file cannot run code. Both files of a save are written under
 # temporary names and renamed into place, so a crash never leaves a half-written file, nor one save's configuration
-# beside another's tensors (at worst the readable `adapter_config.json` is missing until the next save). Each file
-# also records an XXH3-128 digest of every tensor, since safetensors has no checksum, and every load checks them and
-# names a tensor whose bytes changed.
+# beside another's tensors (at worst the readable `adapter_config.json` is missing until the next save). Each
+# safetensors file also records an XXH3-128 digest of every tensor, since safetensors has no checksum, and `lowrank`'s
+# loads (`load_adapters`, `import_peft`) check them and name a tensor whose bytes changed (PEFT's own loader checks
+# nothing).
 
 # %% [markdown]
 # ### Running this notebook
@@ -141,8 +142,8 @@ print("imported logits equal the original's (to 1e-5):", torch.allclose(predict(
 #
 # Loading into a model that already has adapters compares method, rank, alpha, dropout and targets, and refuses a
 # difference naming the field and both values; that model is left untouched. A backbone of another size is refused at
-# the first tensor whose shape differs (one with the same shapes is not detected: the recorded backbone name is not
-# compared). A damaged file is refused as damaged.
+# the first tensor whose shape differs, while one with the same shapes is accepted silently (the recorded backbone
+# name is not compared; exercise 2 runs both cases). A damaged file is refused as damaged.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -210,7 +211,9 @@ print("checkpoints:", sorted(p.name for p in (workdir / "trainer-run").iterdir()
 # The command on the Trainer's `output_dir` (`--run LABEL=DIR`; several runs side by side give one panel each, e.g.
 # `--run ft=runs/ft lora=runs/lora dora=runs/dora`). `--base` is a folder, a hub name or `embedded`; left out, it is
 # read from the adapters' `adapter_config.json`. In a shell: `python -m lowrank.analyze --run dora=DIR --base embedded
-# --modules 'q_lin$' --out analysis/`.
+# --modules 'q_lin$' --out analysis/`. Besides notebook 04's pooled and within-checkpoint correlations it prints
+# *per layer*: each layer's correlation over its own checkpoints, averaged over the layers (how one layer moves in
+# time; notebook 06 uses it).
 
 # %%
 import contextlib
@@ -249,14 +252,17 @@ Image(filename=str(workdir / "command" / "dm_dd.png"), width=480)
 # %% [markdown]
 # ## What you learned
 #
-# * An adapter is saved as its trainable tensors only (the save prints the file sizes next to the model's),
+# * An adapter is saved as its trainable tensors only (the cell after the save prints the file sizes next to the
+#   model's),
 #   in safetensors, so loading it cannot run code.
-# * A save is atomic and records a digest of every tensor; a load checks the digests and names a damaged tensor.
+# * A save replaces its files by renames, so a crash leaves the old save or the new one (at worst without
+#   `adapter_config.json`). Each tensor's digest is recorded: a truncated file is refused (above), and a flipped
+#   byte is refused naming its tensor (exercise 3).
 # * The same adapter reloads on a fresh backbone, exports to PEFT's format, loads with PEFT and imports back into
 #   the from-scratch layers, with the same logits at every hop.
 # * A load into adapters of other settings is refused, naming the field and both values, before anything is
 #   copied; a backbone of another size is refused at the first tensor whose shape differs; one with the same
-#   shapes is not detected.
+#   shapes is accepted silently (exercise 2).
 # * The DoRA paper's Figure 2 for checkpoints on disk: a Trainer callback measures it live, `python -m
 #   lowrank.analyze` from the saved checkpoints, and the two agree.
 #

@@ -101,8 +101,9 @@ print(f"95 % interval of an accuracy near {p:.0%} on {n_test:,} test examples: Â
 
 # %% [markdown]
 # The parameter counts grow linearly with `r` (the `assert` checks the formula); the accuracies do not have to.
-# Before reading a difference between ranks, compare it with the interval printed under the table: a gap
-# smaller than that is noise on this test set. In the quick profile the runs are a few steps long and the
+# The interval printed under the table is the uncertainty of *one* accuracy. Two models scored on the same tweets
+# are compared with a paired test instead: `lowrank.comparison.mcnemar` on their per-tweet correctness, as in
+# notebook 02, section 3 (the unpaired interval ignores the pairing and is too wide for that question). In the quick profile the runs are a few steps long and the
 # accuracies say nothing about rank; run the sweep with `LOWRANK_PROFILE=full` to see whether rank 16 buys
 # anything over rank 1 on this task.
 #
