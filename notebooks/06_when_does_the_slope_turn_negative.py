@@ -23,8 +23,8 @@
 # slope negative. This notebook reads a controlled study that changes one factor at a time, explains the result
 # with a first-order account of ΔM and ΔD, and checks that account against the runs.
 #
-# The study's 13 training runs are made once by a command (67 minutes measured, on one core of a 2-core machine
-# whose `torch.mm` ran at 146 GFLOP/s on one thread; Ctrl-C keeps the finished runs and the same command resumes):
+# The study's 13 training runs are made once by a command (about 65 minutes of training on one core, the sum of the
+# per-run times in `figures/06_ablation_runs.json`; Ctrl-C keeps the finished runs and the same command resumes):
 #
 #     python -m lowrank.figure2 --out figures/
 #
@@ -382,6 +382,7 @@ for (condition, method) in dict.fromkeys((r["condition"], r["method"]) for r in 
 #    mine = figure2.read_csv(Path("my_study") / figure2.POINTS_FILE)
 #    show(figure2.correlation_table(mine, "q_lin", "late"))
 #    ```
-#    and compare with `long_wd_paper` and `long_wd_paper_m_exempt` above. (`run_study` skips a condition whose name it
+#    and compare its pooled row with section 5's `late` column for `long_wd_paper` and `long_wd_paper_m_exempt` (for
+#    their other statistics at `late`: `show(figure2.correlation_table(points, "q_lin", "late"))`). (`run_study` skips a condition whose name it
 #    already finds in the folder, so give each strength its own name.) In the quick profile the solution runs a
 #    12-step version instead, in seconds: enough to check the arithmetic of `c`, not the correlations.

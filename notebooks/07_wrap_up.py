@@ -14,9 +14,10 @@
 # %% [markdown]
 # # 07 — Wrap-up: what the course showed, and what to read next
 #
-# This notebook trains nothing. It reads the results that notebooks 02, 04 and 06 saved in `figures/` (the
-# committed full-profile run, or your own if you re-ran the course with the `full` profile), prints the
-# headline numbers, sums up each notebook, and ends with a reading list.
+# This notebook trains nothing. It reads what notebooks 02 and 04 and the study command of notebook 06
+# (`python -m lowrank.figure2`) saved in `figures/`: the committed full-profile results, or whatever your own last
+# runs wrote there (the first table names the profile). It prints the headline numbers, sums up each notebook, and
+# ends with a reading list.
 #
 # **Runtime on a 2-core laptop CPU:** a few seconds, in either profile.
 
@@ -92,13 +93,14 @@ print(f"\nruns whose row norms were decayed (c < 1): {sum(v < 0 for v in decayed
 # ## What the course showed
 #
 # * **01 — LoRA from scratch.** A fine-tuning update is concentrated in few directions, which is the bet LoRA
-#   makes; the layer is `W + (α/r)·B·A` with `B` zero at the start; `α/r` (not the seed article's `α`) keeps the
-#   first step from growing with the rank; merging makes the adapted model cost what the base costs; the seed
+#   makes; the layer is `W + (α/r)·B·A` with `B` zero at the start; with the seed article's `α` the first step grows
+#   with the rank, `α/r` (LoRA, PEFT) removes that growth but over-corrects, and rsLoRA's `α/√r` keeps it flat; merging makes the adapted model cost what the base costs; the seed
 #   article's mistakes, each run.
 # * **02 — LoRA on DistilBERT.** Where the adapters go, why the new classification head trains in full, and four
-#   ways to fine-tune on one budget: the table above is that comparison. Read its accuracy differences against the
-#   noise of the test set (notebook 02 gives the interval); the gaps in trainable parameters and memory are far
-#   larger than any noise.
+#   ways to fine-tune on one budget: the table above is that comparison. Read its accuracy differences with
+#   notebook 02's paired (McNemar) tests: in the committed run LoRA q,v and full fine-tuning cannot be told apart,
+#   and LoRA on all linear layers, at q,v's learning rate, finished behind both on test though slightly ahead on
+#   validation. The gaps in trainable parameters and memory are far larger than any noise.
 # * **03 — DoRA.** The paper's "column" norm is PyTorch's row norm (`dim=1` of `nn.Linear.weight`); DoRA's layer,
 #   its efficient forward, the paper's detached norm and what it saves, the same numbers as PEFT, and a merge that
 #   changes no prediction.
@@ -110,7 +112,8 @@ print(f"\nruns whose row norms were decayed (c < 1): {sum(v < 0 for v in decayed
 #   analysis of checkpoints on disk (`python -m lowrank.analyze`).
 # * **06 — When does the slope turn negative?** A study that changes one factor at a time finds what turns the slope
 #   across layers negative here: weight decay of the parameter that carries the row norms (FT's weights, DoRA's
-#   magnitude), at the paper's cumulative strength. The last table above counts the runs; notebook 06 gives their
+#   magnitude), at the paper's cumulative strength. The last table above counts the runs (the one run without
+#   decayed row norms that is not positive, DoRA with its magnitude exempt, sits near zero); notebook 06 gives their
 #   intervals, which are wide with six layers, and shows that where the checkpoints sit changes the pooled number.
 #
 # The `solutions/` folder next to this notebook holds a checked solution to every exercise.
