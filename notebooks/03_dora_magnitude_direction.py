@@ -27,7 +27,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime on a 2-core laptop CPU:** about 30 seconds (`LOWRANK_PROFILE=quick`), 8–12 minutes (`full`), measured on two machines (12 at 272 GFLOP/s).
+# **Runtime, measured:** 2 min with `LOWRANK_PROFILE=quick`, 33 min with `full`, each on one torch thread of a 2-core machine (fp32 `torch.mm` 2048³ at 56 and 125 GFLOP/s in those runs; times scale roughly inversely with your machine's rate).
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
@@ -225,8 +225,7 @@ print("agrees with lowrank.DoRALinear:", torch.allclose(reference(x), mine(x), a
 #
 # One training step of the whole model with DoRA on the query and value projections (r = 8), with LoRA for
 # reference. Two things could make detached DoRA lighter, so there are three DoRA rows: the norm not detached
-# (plain autograd); detached with plain autograd (`MyDoRALinear` from section 2, the way PEFT computes it too,
-# whose row follows as a check); detached with `lowrank.DoRALinear`'s recompute (explained below). `lowrank.memory.training_step_memory` counts the tensors autograd keeps for
+# (plain autograd); detached with plain autograd (`MyDoRALinear` from section 2); detached with `lowrank.DoRALinear`'s recompute (explained below); and PEFT's DoRA for comparison. `lowrank.memory.training_step_memory` counts the tensors autograd keeps for
 # backward (plus gradients and AdamW state), so it does not depend on the allocator or the device (other torch or
 # transformers versions can save different tensors).
 
@@ -273,7 +272,8 @@ print(f"\nof what a not-detached step holds beyond the weights, the paper's deta
 # matrix `V` it would need to differentiate `‖V‖` (not detached → detached, plain autograd). And
 # `lowrank.DoRALinear`, on its detached path only, also recomputes in backward the `[batch, tokens, out]`
 # pre-scaling output `W0 x + s·B A x` that the magnitude's gradient needs, where plain autograd (as in
-# `MyDoRALinear`, or in PEFT: compare their rows) keeps it (detached, plain → detached + recompute). The last
+# `MyDoRALinear`) keeps it (detached, plain → detached + recompute). PEFT's layer, also plain autograd, holds more
+# than any of ours in this measurement (it keeps further intermediates). The last
 # printed line splits the saving into these two parts; only the first is the paper's. The paper's Table 7
 # reports whole training memory with its official code: 24.4 % less on LLaMA-7B and 12.4 % less on VL-BART.
 #
@@ -348,7 +348,8 @@ else:
     print("run notebook 02 first (same profile) to compare with its LoRA q,v run")
 
 # %% [markdown]
-# The table holds what this run measured. The paper's gains are on larger models and longer training, and the sign
+# The table holds what this run measured; the step-time ratio is as noisy as the machine (the two runs are not
+# interleaved), so it is no measure of DoRA's cost: `make bench` times them side by side. The paper's gains are on larger models and longer training, and the sign
 # of a one-point difference on 1,000 test tweets (the full profile) is within noise: a 95 % interval on an accuracy
 # near 90 % is about ±2 points (about ±4 on the quick profile's 256).
 #

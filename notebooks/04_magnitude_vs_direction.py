@@ -25,7 +25,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime on a 2-core laptop CPU:** about 1 minute (`LOWRANK_PROFILE=quick`), 12–13 minutes (`full`), measured on two machines (13 at 272 GFLOP/s).
+# **Runtime, measured:** 3 min with `LOWRANK_PROFILE=quick`, 39 min with `full`, each on one torch thread of a 2-core machine (fp32 `torch.mm` 2048³ at 56 and 128 GFLOP/s in those runs; times scale roughly inversely with your machine's rate).
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line

@@ -34,8 +34,8 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime on a 2-core laptop CPU:** under a minute in either profile (16 s measured in `full` at 272 GFLOP/s);
-# the study itself is not re-run here.
+# **Runtime, measured:** 74 s with `LOWRANK_PROFILE=quick`, 35 s with `full`, each on one torch thread of a 2-core machine (fp32 `torch.mm` 2048³ at 56 and 128 GFLOP/s in those runs; times scale roughly inversely with your machine's rate).
+# The study itself is not re-run here (`make study`).
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
