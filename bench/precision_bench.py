@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ import lowrank
 from lowrank.comparison import mcnemar
 from lowrank.notebook import setup_notebook
 from lowrank.settings import bf16_is_fast
-from lowrank.timing import interleaved_medians
+from lowrank.timing import interleaved_medians, matmul_gflops
 from lowrank.training import batches, predict, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,17 +44,6 @@ def build(model: torch.nn.Module, targets) -> torch.nn.Module:
     elif targets != "all":
         lowrank.add_adapters(candidate, targets, method="lora", rank=8, alpha=16)
     return candidate
-
-
-def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 6) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
 
 
 def step_function(model: torch.nn.Module, batch: dict, dtype: torch.dtype | None):
@@ -81,7 +69,7 @@ def main() -> None:
     profile, model, data = setup.profile, setup.model, setup.data
     if setup.device.type != "cpu":
         raise SystemExit("this bench compares CPU precisions; run it on a machine without CUDA or hide the GPU")
-    rates = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    rates = {"fp32": matmul_gflops(torch.float32, repeats=6), "bf16": matmul_gflops(torch.bfloat16, repeats=6)}
     print(f"torch.mm 2048^3 with {torch.get_num_threads()} thread(s): fp32 {rates['fp32']:,.0f} GFLOP/s, "
           f"bf16 {rates['bf16']:,.0f} GFLOP/s (hardware bf16: {bf16_is_fast('cpu')})")
     batch = next(batches(data["train"], profile.batch_size, shuffle=True, seed=0, pad_token_id=setup.tokenizer.pad_token_id))

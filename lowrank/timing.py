@@ -115,3 +115,16 @@ def interleaved_medians(functions: Mapping[str, Callable[[], object]], rounds: i
             synchronize()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 8) -> float:
+    """This machine's ``torch.mm`` rate at torch's current thread count, in GFLOP/s (best of ``repeats``):
+    the number to quote beside a measured time, so readers can scale it to their machine."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9

@@ -43,3 +43,9 @@ def test_synchronize_waits_for_cuda_devices_only(monkeypatch):
     assert waited == []
     synchronize(torch.device("cuda", 0))
     assert waited == [torch.device("cuda", 0)]
+
+
+def test_matmul_rate_is_a_positive_rate():
+    from lowrank.timing import matmul_gflops
+
+    assert matmul_gflops(size=64, repeats=2) > 0

@@ -39,20 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("load model", "load data", "tokenize", "train steps", "evaluate", "snapshot")
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 8) -> float:
-    """fp32 ``torch.mm`` rate of this machine at torch's current thread count (best of a few)."""
-    import torch
-
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
-
-
 def cell_seconds(cell: nbformat.NotebookNode) -> float:
     """Execution time of one executed code cell, from nbclient's timing metadata."""
     timing = cell.get("metadata", {}).get("execution", {})
@@ -130,6 +116,8 @@ def main() -> None:
         out_folder, figures, report = scratch / "notebooks", scratch / "figures", scratch / "course_times.json"
         print(f"profile {profile}: executed notebooks and figures go to {scratch.relative_to(ROOT)}/ "
               "(the committed full-profile ones are not touched)")
+    from lowrank.timing import matmul_gflops
+
     rate = matmul_gflops()
     import torch
 
