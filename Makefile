@@ -23,10 +23,12 @@ $(STAMP): requirements.txt
 course: $(STAMP)
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/python tools/run_course.py
 
-# Package tests (seconds) then every notebook under nbval in the quick profile, offline.
+# Package tests and every notebook under nbval in the quick profile, offline, one test file or
+# notebook per worker and one worker per core (pytest-xdist), each on one torch thread.
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LOWRANK_PROFILE=quick LOWRANK_FIGURES=$$(mktemp -d) \
-		$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LOWRANK_PROFILE=quick LOWRANK_FIGURES=$$(mktemp -d) OMP_NUM_THREADS=1 \
+		$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider \
+		-n auto --dist loadfile
 
 # The Figure-2 study (notebook 06): 13 training runs, about 70 minutes on 2 cores; resumes after Ctrl-C.
 study: $(STAMP)

@@ -117,7 +117,7 @@ def _status_mb(field: str) -> float | None:
 
 
 def start_peak() -> float:
-    """Reset the peak resident memory to the current level (Linux); return that level in MB."""
+    """Reset the peak resident memory to the current level (Linux); return that level in MiB."""
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")
@@ -127,7 +127,7 @@ def start_peak() -> float:
 
 
 def peak_mb() -> float:
-    """Peak resident memory since :func:`start_peak` (MB)."""
+    """Peak resident memory since :func:`start_peak` (MiB)."""
     return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -213,8 +213,8 @@ def main() -> None:
                 row = {"layers": layers, "dim": args.dim, **json.loads(done.stdout.strip().splitlines()[-1])}
                 results.append(row)
                 print(f"  {mode:>4}: {row['seconds']:6.1f} s, {row['selected_gb']:5.2f} GB selected "
-                      f"({row['selected_gb'] / row['seconds']:.2f} GB/s), peak memory +{row['peak_growth_mb']:.0f} MB "
-                      f"(one matrix: {matrix_mb:.0f} MB)", flush=True)
+                      f"({row['selected_gb'] / row['seconds']:.2f} GB/s), peak memory +{row['peak_growth_mb']:.0f} MiB "
+                      f"(one matrix: {matrix_mb:.0f} MiB)", flush=True)
         finally:
             if not args.keep:
                 shutil.rmtree(folder)

@@ -22,8 +22,9 @@ class PairedComparison:
     p_value: float
 
     def __str__(self) -> str:
+        p = "p < 0.001" if self.p_value < 0.001 else f"p = {self.p_value:.3f}"
         return (f"only the first right on {self.only_first_right:,}, only the second on "
-                f"{self.only_second_right:,}: McNemar exact p = {self.p_value:.3f}")
+                f"{self.only_second_right:,}: McNemar exact {p}")
 
 
 def mcnemar(first_correct: Sequence[bool], second_correct: Sequence[bool]) -> PairedComparison:

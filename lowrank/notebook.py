@@ -31,6 +31,7 @@ from lowrank.settings import (
     dataset_display_name,
     dataset_name,
     default_device,
+    precision_name,
 )
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ class NotebookSetup:
         return (f"profile {p.name} ({p.train_size:,} train / {p.eval_size:,} eval examples, {p.epochs} "
                 f"epoch{'s' if p.epochs != 1 else ''}) · backbone {backbone_display_name(self.backbone)} · "
                 f"data {dataset_display_name(self.dataset)} · device {self.device}, "
-                f"{threads} torch thread{'s' if threads != 1 else ''}")
+                f"{threads} torch thread{'s' if threads != 1 else ''} · training precision {precision_name(self.device)}")
 
 
 def setup_notebook(*, load: bool = False, seed: int = 0, use_device: bool = True) -> NotebookSetup:

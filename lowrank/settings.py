@@ -108,12 +108,17 @@ def training_dtype(device: torch.device | str | None = None) -> torch.dtype | No
     Only the training forward runs under autocast; weights, adapters, optimizer state and evaluation
     stay fp32 (:func:`lowrank.training.train`).
     """
+    return torch.bfloat16 if precision_name(device) == "bf16" else None
+
+
+def precision_name(device: torch.device | str | None = None) -> str:
+    """``fp32`` or ``bf16``: what ``$LOWRANK_PRECISION`` resolves to on ``device`` (see :func:`training_dtype`)."""
     name = os.environ.get(PRECISION_VAR, "").strip().lower() or "fp32"
     if name not in PRECISIONS:
         raise ValueError(f"{PRECISION_VAR}={name!r} is not a precision; use one of {list(PRECISIONS)}")
     if name == "auto":
         name = "bf16" if bf16_is_fast(device) else "fp32"
-    return torch.bfloat16 if name == "bf16" else None
+    return name
 
 
 def default_device() -> torch.device:

@@ -147,8 +147,16 @@ def predict(model: nn.Module, data: Dataset, batch_size: int = 128, pad_token_id
 
 def accuracy(model: nn.Module, data: Dataset, batch_size: int = 128, pad_token_id: int | None = None) -> float:
     """Fraction of rows of a tokenised split whose argmax logit equals ``label``."""
-    predictions = predict(model, data, batch_size, pad_token_id).argmax(-1)
-    return (predictions == torch.as_tensor(data["label"])).float().mean().item()
+    return logits_accuracy(predict(model, data, batch_size, pad_token_id), data)
+
+
+def logits_accuracy(logits: torch.Tensor, data: Dataset) -> float:
+    """Fraction of rows whose argmax of ``logits`` (from :func:`predict` on ``data``) equals ``label``:
+    the accuracy of predictions already computed, without running the model again."""
+    labels = torch.as_tensor(data["label"])
+    if logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"{logits.shape[0]} rows of logits for a split of {labels.shape[0]} rows")
+    return (logits.argmax(-1) == labels).float().mean().item()
 
 
 @dataclass

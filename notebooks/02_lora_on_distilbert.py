@@ -68,7 +68,7 @@ import lowrank
 from lowrank.memory import MIB, training_step_memory
 from lowrank.notebook import setup_notebook
 from lowrank.settings import backbone_display_name, dataset_display_name, figure_path
-from lowrank.training import accuracy, batches, predict, seed_everything, train
+from lowrank.training import batches, logits_accuracy, predict, seed_everything, train
 
 setup = setup_notebook(load=True)
 profile, device, model, tokenizer, raw, data = (setup.profile, setup.device, setup.model, setup.tokenizer, setup.raw,
@@ -224,7 +224,8 @@ for label, toggles in configurations.items():
 #
 # From the next section on, `lowrank.train` does the training. It hides no magic: here is its loop written out
 # once, without the bookkeeping (progress bar, timing, evaluation, snapshots, the clean stop on Ctrl-C) and, at
-# the default `LOWRANK_PRECISION=fp32`, without autocast (with bf16, `train` runs the forward under `torch.autocast`).
+# autocast: `train` runs the forward under `torch.autocast` when `LOWRANK_PRECISION` picks bf16 (the next section),
+# so the check below asks it for plain fp32 (`autocast_dtype=None`), as the loop here runs.
 #
 # 1. **Forward**: the model computes the loss itself when the batch carries `labels` (cross-entropy here).
 # 2. **Backward**: `loss.backward()` fills `.grad` of every parameter with `requires_grad=True`. With adapters
@@ -270,7 +271,8 @@ open_steps, open_settings = 4, dict(batch_size=profile.batch_size, lr=2e-3, warm
 start = lowrank.add_adapters(copy.deepcopy(model), ["q_lin", "v_lin"], method="lora", rank=8, alpha=16).to(device)
 by_hand, by_helper = copy.deepcopy(start), copy.deepcopy(start)
 hand_losses = train_in_the_open(by_hand, data["train"], steps=open_steps, **open_settings)
-helper_losses = train(by_helper, data["train"], max_steps=open_steps, progress=False, **open_settings).losses
+helper_losses = train(by_helper, data["train"], max_steps=open_steps, progress=False, autocast_dtype=None,  # fp32, as above
+                      **open_settings).losses
 
 warmup_steps = int(open_settings["warmup_fraction"] * open_steps)
 print(f"{open_steps} steps, {warmup_steps} of warm-up; learning rate per step:",
@@ -288,6 +290,84 @@ assert len(hand_losses) == len(helper_losses) == open_steps and loss_gap <= 1e-6
 
 # %% [markdown]
 # Same losses, same weights. From here on `lowrank.train` runs this loop, with the bookkeeping around it.
+
+# %% [markdown]
+# ## Mixed precision: bf16 where the CPU has it
+#
+# Most of a training step is matrix multiplication. Many recent CPUs (those with AVX512-BF16 or AMX) and GPUs
+# multiply **bfloat16** matrices about twice as fast as float32. bf16 keeps fp32's 8 exponent bits, so it has
+# the same range, but only 8 significand bits instead of 24: about two to three significant decimal digits.
+# `torch.autocast` uses it where it is safe: inside the `with` block, matrix multiplications cast their inputs
+# and weights to bf16 and return bf16, while the **parameters stay fp32** (the "master weights"), their
+# gradients arrive in fp32, and AdamW's moments stay fp32. `LOWRANK_PRECISION` picks what `lowrank.train` does:
+# `fp32` (no autocast), `bf16`, or `auto` (bf16 where the hardware multiplies it fast, else fp32); the first line
+# of this notebook says which ran. Evaluation always runs in fp32.
+#
+# Why keep the weights, and the adapters, in fp32? An optimizer step changes a weight by roughly the learning
+# rate, 2e-3 here, and the gap between 1.0 and the next bf16 number is larger than that:
+
+# %%
+from lowrank.settings import bf16_is_fast, precision_name
+
+print(f"this machine multiplies bf16 in hardware: {bf16_is_fast(device)}; lowrank.train runs in: {precision_name(device)}")
+for dtype in (torch.float32, torch.bfloat16):
+    weight = torch.tensor(1.0, dtype=dtype)
+    print(f"{str(dtype):>15}: spacing after 1.0 = {torch.finfo(dtype).eps:.1e}; 1.0 + 2e-3 = {(weight + 2e-3).item():.6f}")
+name, layer = next(lowrank.adapter_layers(by_helper))  # a LoRA layer trained for the 4 steps above
+update = layer.low_rank_update()
+lost = lambda dtype: ((layer.base.weight.to(dtype) + update.to(dtype)) == layer.base.weight.to(dtype)).float().mean()
+print(f"{name}: merging its update s·B·A into W leaves W unchanged in {lost(torch.float32):.0%} of entries in fp32, "
+      f"{lost(torch.bfloat16):.0%} in bf16")
+
+# %% [markdown]
+# A step's change rounds away in bf16 storage, so the small, accumulating updates that fine-tuning (and LoRA's
+# `B`, which starts at zero) is made of would be lost. Under autocast only the *computation* is bf16:
+
+# %%
+x = torch.randn(2, 5, layer.base.in_features, device=device)
+with torch.autocast(device.type, dtype=torch.bfloat16):
+    y = layer(x)
+y.float().pow(2).mean().backward()
+print(f"under autocast: output {y.dtype}; lora_A stored as {layer.lora_A.dtype}, its gradient {layer.lora_A.grad.dtype}")
+layer.zero_grad(set_to_none=True)
+
+# %% [markdown]
+# What bf16 buys, and what it changes: the same LoRA q,v training steps from the same start, in fp32 and under
+# bf16 autocast, alternated (fp32, bf16, fp32, …) so that the machine's noise hits both alike (about 40 seconds in either
+# profile on one core; on a machine without fast bf16, bf16 is emulated and *slower*).
+
+# %%
+from lowrank.timing import interleaved_medians
+
+timing_batch = next(batches(data["train"], profile.batch_size, shuffle=True, seed=0, device=device,
+                            pad_token_id=tokenizer.pad_token_id))
+timed = copy.deepcopy(start).train()
+timed_optimizer = torch.optim.AdamW([p for p in timed.parameters() if p.requires_grad], lr=2e-3)
+
+
+def one_step(dtype):
+    def step():
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = timed(**timing_batch).loss
+        timed_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        timed_optimizer.step()
+    return step
+
+
+step_seconds = interleaved_medians({"fp32": one_step(None), "bf16": one_step(torch.bfloat16)}, rounds=8)
+print(f"median training step: fp32 {step_seconds['fp32']:.2f} s, bf16 {step_seconds['bf16']:.2f} s "
+      f"(bf16/fp32 = {step_seconds['bf16'] / step_seconds['fp32']:.2f})")
+losses = {dtype: train(copy.deepcopy(start), data["train"], max_steps=open_steps, progress=False, autocast_dtype=dtype,
+                       **open_settings).losses for dtype in (None, torch.bfloat16)}
+print("loss, fp32:", ", ".join(f"{loss:.6f}" for loss in losses[None]))
+print("loss, bf16:", ", ".join(f"{loss:.6f}" for loss in losses[torch.bfloat16]))
+
+# %% [markdown]
+# The losses agree closely but not exactly: bf16 rounds every product, so the two runs drift apart step by step,
+# slowly, as two nearby starting points would. Whether that drift matters is an empirical question, answered for this course by
+# training every method of the next section both ways (the README's "Precision" table): the committed outputs
+# use the precision named in the first printed line.
 
 # %% [markdown]
 # ## 3. Four ways to fine-tune, same data, same budget
@@ -316,7 +396,7 @@ memory_batch = next(batches(data["train"].select(range(32)), 32, shuffle=False, 
                             pad_token_id=tokenizer.pad_token_id))
 steps_per_epoch = -(-len(data["train"]) // profile.batch_size)
 eval_every = max(1, steps_per_epoch // 2)
-results, runs, trained = {}, {}, {}
+results, runs, trained, test_logits = {}, {}, {}, {}
 for label, spec in experiments.items():
     candidate = copy.deepcopy(model).to(device)
     if spec["targets"] is None:
@@ -327,7 +407,8 @@ for label, spec in experiments.items():
     run = train(candidate, data["train"], data["validation"], epochs=profile.epochs, batch_size=profile.batch_size,
                 lr=spec["lr"], seed=0, eval_every=eval_every, description=label)
     results[label] = {
-        "test accuracy": accuracy(candidate, data["test"]),
+        "test accuracy": logits_accuracy(test_logits.setdefault(label, predict(candidate, data["test"])), data["test"]),
+        "validation accuracy": run.evaluations[-1][1],  # after the last step
         "trainable": lowrank.count_parameters(candidate).trainable,
         "adapters": sum(p.numel() for name, p in candidate.named_parameters() if "lora_" in name),
         "s/step": run.seconds_per_step,
@@ -344,9 +425,10 @@ for label, r in results.items():
           f"{r['step memory MiB']:>13.1f} {r['lr']:>7.0e}")
 print("(trainable = adapters + the classification head, which every method except full fine-tuning trains in full)")
 full_accuracy = results["full fine-tuning"]["test accuracy"]
-best_lora = max((label for label in results if label.startswith("LoRA")), key=lambda k: results[k]["test accuracy"])
+# the LoRA run to carry on with is chosen on validation data (its last evaluation), never on the test set
+best_lora = max((label for label in results if label.startswith("LoRA")), key=lambda k: results[k]["validation accuracy"])
 gap = 100 * (full_accuracy - results[best_lora]["test accuracy"])
-print(f"\nbest LoRA: {best_lora}, {abs(gap):.1f} points {'behind' if gap > 0 else 'ahead of'} full fine-tuning "
+print(f"\nbest LoRA on validation: {best_lora}; on test {abs(gap):.1f} points {'behind' if gap > 0 else 'ahead of'} full fine-tuning "
       f"with {results[best_lora]['trainable'] / results['full fine-tuning']['trainable']:.1%} of its trainable parameters")
 with open(figure_path("02_results.json"), "w") as handle:
     json.dump({"profile": profile.name, "results": results}, handle, indent=1)
@@ -381,7 +463,7 @@ plt.show()
 from lowrank.comparison import mcnemar
 
 labels_test = torch.as_tensor(data["test"]["label"])
-correct = {label: (predict(m, data["test"]).argmax(-1) == labels_test).tolist() for label, m in trained.items()}
+correct = {label: (logits.argmax(-1) == labels_test).tolist() for label, logits in test_logits.items()}  # from section 3
 for first, second in [("LoRA q,v r=8", "full fine-tuning"), ("LoRA q,v r=8", "LoRA all linear r=8"),
                       ("LoRA all linear r=8", "full fine-tuning"), ("head only", "LoRA q,v r=8")]:
     print(f"{first} vs {second}: {mcnemar(correct[first], correct[second])}")
@@ -405,7 +487,7 @@ if label_confidence:
 #   set (the figure) all-linear finished slightly *ahead* of q,v, with a lower training loss, so the test gap may be
 #   split or seed noise, or overfitting, rather than a rate unsuited to 36 adapted layers. Choosing each rate on the
 #   validation set, and more seeds, would tell; it does not show that more adapters hurt. A quick-profile run trains
-#   far less and can order the methods differently: read your own table. (McNemar's `p = 0.000` means p < 0.0005.)
+#   far less and can order the methods differently: read your own table.
 # * **Label noise**: every model scores far higher on tweets whose labellers were sure (confidence 1.0) than on
 #   those below 0.7. Low-confidence tweets are ambiguous or mislabelled (this run cannot tell which); they pull every
 #   model's accuracy down, though even on sure labels no model is perfect. Differences of a point between methods
@@ -422,12 +504,12 @@ if label_confidence:
 # %%
 # NBVAL_CHECK_OUTPUT
 lora_model = trained[best_lora]
-before = predict(lora_model, data["test"])
+before = test_logits[best_lora]  # its test predictions, from section 3
 merged_model = lowrank.merge_adapters(copy.deepcopy(lora_model))
 after = predict(merged_model, data["test"])
 print("adapter layers after merging:", len(list(lowrank.adapter_layers(merged_model))))
 print("same prediction on every test example:", torch.equal(before.argmax(-1), after.argmax(-1)))
-print("identical test accuracy:", accuracy(lora_model, data["test"]) == accuracy(merged_model, data["test"]))
+print("identical test accuracy:", logits_accuracy(before, data["test"]) == logits_accuracy(after, data["test"]))
 print("max |logit difference| < 1e-4:", (before - after).abs().max().item() < 1e-4)
 
 # %% [markdown]

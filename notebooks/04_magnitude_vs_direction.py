@@ -138,7 +138,7 @@ for label, spec in methods.items():
                 description=label)
     snapshots[label] = run.snapshots
     accuracies[label] = accuracy(candidate, data["test"])
-    print(f"{label}: {total_steps} steps, test accuracy {accuracies[label]:.2%}, snapshots at {sorted(run.snapshots)}")
+    print(f"{label}: {run.steps} steps{' (interrupted)' if run.interrupted else ''}, test accuracy {accuracies[label]:.2%}, snapshots at {sorted(run.snapshots)}")
 
 
 # %% [markdown]

@@ -47,13 +47,15 @@ print("reading", ", ".join(READ), "from the repository's figures/:", all((FIGURE
 saved = json.loads((FIGURES / "02_results.json").read_text())
 results = saved["results"]
 print(f"notebook 02, {saved['profile']} profile")
-print(f"{'':>22} {'test acc':>9} {'trainable':>12} {'step memory MiB':>15}")
+print(f"{'':>22} {'val acc':>8} {'test acc':>9} {'trainable':>12} {'step memory MiB':>15}")
 for label, r in results.items():
-    print(f"{label:>22} {r['test accuracy']:>9.1%} {r['trainable']:>12,} {r['step memory MiB']:>15.0f}")
+    print(f"{label:>22} {r['validation accuracy']:>8.1%} {r['test accuracy']:>9.1%} {r['trainable']:>12,} "
+          f"{r['step memory MiB']:>15.0f}")
 full = results["full fine-tuning"]
-best = max((label for label in results if label.startswith("LoRA")), key=lambda k: results[k]["test accuracy"])
+best = max((label for label in results if label.startswith("LoRA")),  # chosen on validation, as in 02
+           key=lambda k: results[k]["validation accuracy"])
 gap = 100 * (full["test accuracy"] - results[best]["test accuracy"])
-print(f"\n{best}: {abs(gap):.1f} points {'behind' if gap > 0 else 'ahead of'} full fine-tuning, training "
+print(f"\n{best} (the better LoRA on validation): {abs(gap):.1f} points {'behind' if gap > 0 else 'ahead of'} full fine-tuning, training "
       f"{results[best]['trainable'] / full['trainable']:.1%} of its parameters, with "
       f"{results[best]['step memory MiB'] / full['step memory MiB']:.0%} of its memory per training step")
 

@@ -30,3 +30,9 @@ def test_known_value():
 def test_lengths_must_match():
     with pytest.raises(ValueError, match="different numbers"):
         mcnemar([True], [True, False])
+
+
+def test_printed_p_value_never_reads_zero():
+    tiny = mcnemar([True] * 30, [False] * 30)
+    assert tiny.p_value < 0.001 and "p < 0.001" in str(tiny) and "0.000" not in str(tiny)
+    assert "p = 0.109" in str(mcnemar([True] * 8 + [False] * 2, [False] * 8 + [True] * 2))

@@ -103,3 +103,15 @@ def test_unknown_precision_is_refused(tiny_model, monkeypatch):
     monkeypatch.setenv("LOWRANK_PRECISION", "fp8")
     with pytest.raises(ValueError, match="LOWRANK_PRECISION='fp8' is not a precision"):
         train(copy.deepcopy(tiny_model), tiny_split(8), batch_size=8, progress=False)
+
+
+def test_logits_accuracy_scores_given_predictions_and_checks_their_length():
+    from datasets import Dataset
+
+    from lowrank.training import logits_accuracy
+
+    data = Dataset.from_dict({"label": [0, 1, 1, 0]})
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, 1.0], [1.0, 0.5]])
+    assert logits_accuracy(logits, data) == 0.75
+    with pytest.raises(ValueError, match="3 rows of logits for a split of 4"):
+        logits_accuracy(logits[:3], data)

@@ -1,11 +1,12 @@
 """Run the course's notebooks in order and say where the time went (`make course`).
 
-    python tools/run_course.py [notebooks/02_lora_on_distilbert.ipynb ...]
+    python tools/run_course.py [notebooks/02_lora_on_distilbert.ipynb ...] [--scratch build/fp32]
 
 Each notebook runs headless in a fresh kernel. With the ``full`` profile (the default) the
 executed notebooks replace the committed ones and the figures go to ``figures/``; with
 ``LOWRANK_PROFILE=quick`` nothing committed is touched: notebooks and figures are written
-under ``build/quick/`` instead. Outputs are cleaned (``tools/clean_outputs.py``) before saving.
+under ``build/quick/`` instead; ``--scratch DIR`` sends any profile's notebooks and figures to ``DIR``
+(e.g. a full run in another ``LOWRANK_PRECISION``, to compare with the committed one). Outputs are cleaned (``tools/clean_outputs.py``) before saving.
 
 The breakdown comes from two sources: each cell's execution time (recorded by nbclient, then
 dropped from the saved notebook), and the phase totals the package records while it trains,
@@ -106,36 +107,44 @@ def print_table(timings: dict[str, dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/NN_*.ipynb in order")
+    parser.add_argument("--scratch", type=Path, default=None,
+                        help="write notebooks, figures and the breakdown under this folder, whatever the profile "
+                             "(e.g. to compare a full run in another precision with the committed one)")
     args = parser.parse_args()
     notebooks = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     profile = os.environ.get("LOWRANK_PROFILE", "full").strip().lower() or "full"
-    if profile == "full":
+    if profile == "full" and args.scratch is None:
         out_folder, figures, report = None, None, ROOT / "figures" / "course_times.json"
     else:
-        scratch = ROOT / "build" / profile
+        scratch = (args.scratch or ROOT / "build" / profile).resolve()
         out_folder, figures, report = scratch / "notebooks", scratch / "figures", scratch / "course_times.json"
-        print(f"profile {profile}: executed notebooks and figures go to {scratch.relative_to(ROOT)}/ "
+        shown = scratch.relative_to(ROOT) if scratch.is_relative_to(ROOT) else scratch
+        print(f"profile {profile}: executed notebooks and figures go to {shown}/ "
               "(the committed full-profile ones are not touched)")
-    from lowrank.timing import matmul_gflops
-
-    rate = matmul_gflops()
     import torch
 
+    from lowrank.settings import bf16_is_fast, precision_name
+    from lowrank.timing import matmul_gflops
+
+    rate, precision = matmul_gflops(), precision_name()
+    bf16_rate = matmul_gflops(torch.bfloat16) if bf16_is_fast("cpu") else None
     threads = torch.get_num_threads()
-    print(f"fp32 torch.mm 2048^3 on this machine: {rate:,.0f} GFLOP/s with {threads} thread(s)")
+    print(f"fp32 torch.mm 2048^3 on this machine: {rate:,.0f} GFLOP/s with {threads} thread(s)"
+          + (f"; bf16 {bf16_rate:,.0f}" if bf16_rate else "") + f"; training precision {precision}")
     timings: dict[str, dict] = {}
     for path in notebooks:
         path = path.resolve()
         out_path = path if out_folder is None else out_folder / path.name
         print(f"== {path.relative_to(ROOT)} (profile {profile})", flush=True)
         timings[path.name] = run_notebook(path, out_path, figures)
-        timings[path.name].update(matmul_gflops_fp32=round(rate), torch_threads=threads,
+        timings[path.name].update(matmul_gflops_fp32=round(rate), torch_threads=threads, precision=precision,
+                                  matmul_gflops_bf16=round(bf16_rate) if bf16_rate else None,
                                   cpu=platform.processor() or platform.machine(),
                                   date=datetime.now().isoformat(timespec="minutes"))
         write_report(report, profile, {path.name: timings[path.name]})  # after each notebook: a crash keeps it
         print(f"   done in {timings[path.name]['seconds']:,.0f} s", flush=True)
     print_table(timings)
-    print(f"breakdown written to {report.relative_to(ROOT)}")
+    print(f"breakdown written to {report.relative_to(ROOT) if report.is_relative_to(ROOT) else report}")
 
 
 def write_report(report: Path, profile: str, timings: dict[str, dict]) -> None:
