@@ -294,8 +294,9 @@ assert len(hand_losses) == len(helper_losses) == open_steps and loss_gap <= 1e-6
 # %% [markdown]
 # ## Mixed precision: bf16 where the CPU has it
 #
-# Most of a training step is matrix multiplication. Many recent CPUs (those with AVX512-BF16 or AMX) and GPUs
-# multiply **bfloat16** matrices about twice as fast as float32. bf16 keeps fp32's 8 exponent bits, so it has
+# A large part of a training step is matrix multiplication, and many recent CPUs and GPUs multiply **bfloat16**
+# matrices faster than float32: about twice as fast on a CPU with AVX512-BF16, several times with AMX tiles
+# (`make course` prints this machine's fp32 and bf16 `torch.mm` rates). bf16 keeps fp32's 8 exponent bits, so it has
 # the same range, but only 8 significand bits instead of 24: about two to three significant decimal digits.
 # `torch.autocast` uses it where it is safe: inside the `with` block, matrix multiplications cast their inputs
 # and weights to bf16 and return bf16, while the **parameters stay fp32** (the "master weights"), their
@@ -364,10 +365,12 @@ print("loss, fp32:", ", ".join(f"{loss:.6f}" for loss in losses[None]))
 print("loss, bf16:", ", ".join(f"{loss:.6f}" for loss in losses[torch.bfloat16]))
 
 # %% [markdown]
-# The losses agree closely but not exactly: bf16 rounds every product, so the two runs drift apart step by step,
-# slowly, as two nearby starting points would. Whether that drift matters is an empirical question, answered for this course by
-# training every method of the next section both ways (the README's "Precision" table): the committed outputs
-# use the precision named in the first printed line.
+# Two things to read. The step gains far less than the matrix multiplications alone: the rest of a step (dropout's
+# random numbers, GELU, layer norm, softmax, the optimizer) is elementwise work that autocast leaves in fp32, so it
+# runs no faster. And the losses agree closely but not exactly: bf16 rounds every product, so the two runs drift
+# apart step by step, slowly, as two nearby starting points would. Whether that drift matters is an empirical
+# question, answered for this course by training every method of the next section both ways, in one sitting (the
+# README's "Precision" table); the committed outputs use the precision named in the first printed line.
 
 # %% [markdown]
 # ## 3. Four ways to fine-tune, same data, same budget
