@@ -1,0 +1,72 @@
+"""Would `torch.compile` make the course's training step cheaper? Eager against compiled, side by side.
+
+The LoRA q,v training step of notebook 02 (batch 32 × 64 tokens, AdamW), eager and compiled with
+``torch.compile`` (inductor, which fuses the elementwise work around the matrix multiplications:
+dropout, GELU, layer norm, softmax), in fp32 and under bf16 autocast, interleaved (A B C D A B ...)
+so that the machine's noise hits all alike. Prints the compile time and each median's ratio to eager
+fp32. Compiling needs a C++ compiler; batches of another length compile again (the course's batches
+vary in length, which this benchmark does not measure).
+
+    python bench/compile_bench.py [--rounds 10] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import lowrank
+from lowrank.settings import backbone_name
+from lowrank.timing import interleaved_medians, matmul_gflops
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_bench import TARGETS, make_batch  # noqa: E402
+
+
+def training_step(model: torch.nn.Module, batch: dict, dtype: torch.dtype | None):
+    """One forward + backward + AdamW step of ``model`` on ``batch``, optionally under autocast."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    model.train()
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model, tokenizer = lowrank.load_backbone(backbone_name())
+    batch = make_batch(tokenizer, "cpu")
+    lora = lowrank.add_adapters(model, TARGETS, method="lora", rank=8, alpha=16)
+    steps = {}
+    for dtype, name in ((None, "fp32"), (torch.bfloat16, "bf16")):
+        steps[f"eager {name}"] = training_step(copy.deepcopy(lora), batch, dtype)
+        compiled = torch.compile(copy.deepcopy(lora))
+        steps[f"compiled {name}"] = training_step(compiled, batch, dtype)
+        start = time.perf_counter()
+        steps[f"compiled {name}"]()  # the first call compiles
+        print(f"compiling the {name} step took {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"fp32 torch.mm 2048^3: {matmul_gflops():.0f} GFLOP/s on {args.threads} thread(s)", flush=True)
+    medians = interleaved_medians(steps, rounds=args.rounds)
+    base = medians["eager fp32"]
+    for name, seconds in medians.items():
+        print(f"{name:>14}: {seconds:.3f} s per step, {seconds / base:.2f}× eager fp32")
+
+
+if __name__ == "__main__":
+    main()
