@@ -23,7 +23,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 5 min with `LOWRANK_PROFILE=quick`, 62 min with `full`, each on one torch thread of a 2-core machine (fp32 `torch.mm` 2048³ at 56 and 125 GFLOP/s in those runs; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 3 min with `LOWRANK_PROFILE=quick`, 43 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time; fp32 `torch.mm` 2048³ at about 126 and 100 GFLOP/s in those runs; times scale roughly inversely with your machine's rate). With `LOWRANK_PRECISION=bf16` on a CPU with AMX, the full run took 33 min, side by side with the fp32 one (README, "Precision").
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
@@ -340,7 +340,7 @@ layer.zero_grad(set_to_none=True)
 
 # %% [markdown]
 # What bf16 buys, and what it changes: the same LoRA q,v training steps from the same start, in fp32 and under
-# bf16 autocast, alternated (fp32, bf16, fp32, …) so that the machine's noise hits both alike (about 40 seconds in either
+# bf16 autocast, alternated (fp32, bf16, fp32, …) so that the machine's noise hits both alike (20 to 40 seconds in either
 # profile on one core; on a machine without fast bf16, bf16 is emulated and *slower*).
 
 # %%
@@ -396,7 +396,8 @@ print("loss, bf16:", ", ".join(f"{loss:.6f}" for loss in losses[torch.bfloat16])
 # `lowrank.memory` explains how it is counted on a CPU; it is measured without autocast, whatever the precision).
 
 # %% [markdown]
-# *Long cell*, the longest of this notebook: four training runs, one after the other. Interrupting the kernel ends
+# *Long cell*, the longest of this notebook (2 min quick, 42 min full, measured as in the first cell): four training
+# runs, one after the other. Interrupting the kernel ends
 # the run in progress and keeps what it trained; the next run then starts.
 
 # %%
