@@ -30,7 +30,7 @@ test: $(STAMP)
 		$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider \
 		-n auto --dist loadfile
 
-# The Figure-2 study (notebook 06): 13 training runs, about 70 minutes on 2 cores; resumes after Ctrl-C.
+# The Figure-2 study (notebook 06): 13 training runs, about 65 minutes of training on one core; resumes after Ctrl-C.
 study: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m lowrank.figure2 --out figures/
 

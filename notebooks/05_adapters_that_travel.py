@@ -31,7 +31,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 57 s with `LOWRANK_PROFILE=quick`, 4 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time; fp32 `torch.mm` 2048³ at about 126 and 126 GFLOP/s in those runs; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 57 s with `LOWRANK_PROFILE=quick`, 4 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time; fp32 `torch.mm` 2048³ at about 126 GFLOP/s in both runs; times scale roughly inversely with your machine's rate).
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line

@@ -101,8 +101,8 @@ print(f"\nruns whose row norms were decayed (c < 1): {sum(v < 0 for v in decayed
 # * **02 — LoRA on DistilBERT.** Where the adapters go, why the new classification head trains in full, and four
 #   ways to fine-tune on one budget: the table above is that comparison. Read its accuracy differences with
 #   notebook 02's paired (McNemar) tests: in the committed run LoRA q,v and full fine-tuning cannot be told apart,
-#   and LoRA on all linear layers, at q,v's learning rate, finished behind both on test though slightly ahead on
-#   validation (the `val acc` column), which is why the line under the table, choosing on validation as notebook 02
+#   and LoRA on all linear layers, at q,v's learning rate, finished behind both on test, though on
+#   validation slightly ahead of LoRA q,v (and just behind full fine-tuning: the `val acc` column), which is why the line under the table, choosing on validation as notebook 02
 #   does, compares all-linear with full fine-tuning. The gaps in trainable parameters and memory are far larger than
 #   any noise.
 # * **03 — DoRA.** The paper's "column" norm is PyTorch's row norm (`dim=1` of `nn.Linear.weight`); DoRA's layer,
