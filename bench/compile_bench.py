@@ -25,22 +25,8 @@ from lowrank.settings import backbone_name
 from lowrank.timing import interleaved_medians, matmul_gflops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from precision_bench import step_function  # noqa: E402
 from step_bench import TARGETS, make_batch  # noqa: E402
-
-
-def training_step(model: torch.nn.Module, batch: dict, dtype: torch.dtype | None):
-    """One forward + backward + AdamW step of ``model`` on ``batch``, optionally under autocast."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    model.train()
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
 
 
 def main() -> None:
@@ -55,9 +41,9 @@ def main() -> None:
     lora = lowrank.add_adapters(model, TARGETS, method="lora", rank=8, alpha=16)
     steps = {}
     for dtype, name in ((None, "fp32"), (torch.bfloat16, "bf16")):
-        steps[f"eager {name}"] = training_step(copy.deepcopy(lora), batch, dtype)
+        steps[f"eager {name}"] = step_function(copy.deepcopy(lora), batch, dtype)
         compiled = torch.compile(copy.deepcopy(lora))
-        steps[f"compiled {name}"] = training_step(compiled, batch, dtype)
+        steps[f"compiled {name}"] = step_function(compiled, batch, dtype)
         start = time.perf_counter()
         steps[f"compiled {name}"]()  # the first call compiles
         print(f"compiling the {name} step took {time.perf_counter() - start:.0f} s", flush=True)
