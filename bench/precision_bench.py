@@ -7,6 +7,7 @@ learning rates and the profile's sizes (``LOWRANK_PROFILE``), then compared on t
 with McNemar's exact test (a paired test: same examples).
 
     python bench/precision_bench.py [--rounds 12] [--no-accuracy]
+    python bench/precision_bench.py --no-timing --methods "LoRA all linear r=8" --seed 1 --out bench/precision_seed1.json
 
 Prints a table and writes bench/precision_results.json with the machine's fp32 and bf16 matmul rates.
 """
@@ -64,7 +65,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=12, help="interleaved timing rounds per method")
     parser.add_argument("--no-accuracy", action="store_true", help="time the steps only (no training runs)")
+    parser.add_argument("--no-timing", action="store_true", help="train and compare only (no interleaved timing)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                        help="which of notebook 02's methods (default: all four)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (0: notebook 02's runs)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "precision_results.json", help="where the JSON goes")
     args = parser.parse_args()
+    methods = {label: METHODS[label] for label in args.methods}
     setup = setup_notebook(load=True)
     profile, model, data = setup.profile, setup.model, setup.data
     if setup.device.type != "cpu":
@@ -73,34 +80,34 @@ def main() -> None:
     print(f"torch.mm 2048^3 with {torch.get_num_threads()} thread(s): fp32 {rates['fp32']:,.0f} GFLOP/s, "
           f"bf16 {rates['bf16']:,.0f} GFLOP/s (hardware bf16: {bf16_is_fast('cpu')})")
     batch = next(batches(data["train"], profile.batch_size, shuffle=True, seed=0, pad_token_id=setup.tokenizer.pad_token_id))
-    results: dict[str, dict] = {}
-    for label, spec in METHODS.items():
+    results: dict[str, dict] = {label: {} for label in methods}
+    for label, spec in ({} if args.no_timing else methods).items():
         fp32_model, bf16_model = build(model, spec["targets"]), build(model, spec["targets"])
         medians = interleaved_medians({"fp32": step_function(fp32_model, batch, None),
                                        "bf16": step_function(bf16_model, batch, torch.bfloat16)}, rounds=args.rounds)
-        results[label] = {"fp32 s/step": medians["fp32"], "bf16 s/step": medians["bf16"],
-                          "bf16/fp32 step": medians["bf16"] / medians["fp32"]}
+        results[label].update({"fp32 s/step": medians["fp32"], "bf16 s/step": medians["bf16"],
+                               "bf16/fp32 step": medians["bf16"] / medians["fp32"]})
         print(f"{label:>20}: step fp32 {medians['fp32']:.3f} s, bf16 {medians['bf16']:.3f} s, "
               f"ratio {results[label]['bf16/fp32 step']:.2f}", flush=True)
     if not args.no_accuracy:
         labels = torch.as_tensor(data["test"]["label"])
-        for label, spec in METHODS.items():
+        for label, spec in methods.items():
             correct = {}
             for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
                 candidate = build(model, spec["targets"])
                 train(candidate, data["train"], epochs=profile.epochs, batch_size=profile.batch_size, lr=spec["lr"],
-                      seed=0, autocast_dtype=dtype, description=f"{label} {name}")
+                      seed=args.seed, autocast_dtype=dtype, description=f"{label} {name}")
                 correct[name] = (predict(candidate, data["test"]).argmax(-1) == labels).tolist()
                 results[label][f"{name} test accuracy"] = sum(correct[name]) / len(correct[name])
             comparison = mcnemar(correct["fp32"], correct["bf16"])
             results[label]["McNemar p"] = comparison.p_value
             print(f"{label:>20}: test accuracy fp32 {results[label]['fp32 test accuracy']:.2%}, "
                   f"bf16 {results[label]['bf16 test accuracy']:.2%} ({comparison})", flush=True)
-    out = ROOT / "bench" / "precision_results.json"
-    out.write_text(json.dumps({"profile": profile.name, "threads": torch.get_num_threads(),
+    out = args.out.resolve()
+    out.write_text(json.dumps({"profile": profile.name, "threads": torch.get_num_threads(), "seed": args.seed,
                                "matmul_gflops": {k: round(v) for k, v in rates.items()}, "methods": results},
                               indent=1) + "\n")
-    print(f"written to {out.relative_to(ROOT)}")
+    print(f"written to {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 
 
 if __name__ == "__main__":
