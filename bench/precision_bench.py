@@ -93,8 +93,9 @@ def main() -> None:
         labels = torch.as_tensor(data["test"]["label"])
         for label, spec in methods.items():
             correct = {}
+            start = build(model, spec["targets"])  # one draw of the adapters' A, shared by both precisions
             for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-                candidate = build(model, spec["targets"])
+                candidate = copy.deepcopy(start)
                 train(candidate, data["train"], epochs=profile.epochs, batch_size=profile.batch_size, lr=spec["lr"],
                       seed=args.seed, autocast_dtype=dtype, description=f"{label} {name}")
                 correct[name] = (predict(candidate, data["test"]).argmax(-1) == labels).tolist()
