@@ -23,7 +23,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 3 min with `LOWRANK_PROFILE=quick`, 43 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time; fp32 `torch.mm` 2048³ at about 126 and 100 GFLOP/s in those runs; times scale roughly inversely with your machine's rate). With `LOWRANK_PRECISION=bf16` on a CPU with AMX, the full run took 33 min, side by side with the fp32 one (README, "Precision").
+# **Runtime, measured:** 3 min with `LOWRANK_PROFILE=quick`, 52 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time; fp32 `torch.mm` 2048³ at about 126 and 155 GFLOP/s in those runs, the full one sharing the machine with two other jobs at times; times scale roughly inversely with your machine's rate). With `LOWRANK_PRECISION=bf16` on a CPU with AMX, the full run took 33 min, side by side with the fp32 one (README, "Precision").
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
@@ -296,8 +296,8 @@ assert len(hand_losses) == len(helper_losses) == open_steps and loss_gap <= 1e-6
 # ## Mixed precision: bf16 where the CPU has it
 #
 # A large part of a training step is matrix multiplication, and many recent CPUs and GPUs multiply **bfloat16**
-# matrices faster than float32: about twice as fast on a CPU with AVX512-BF16, several times with AMX tiles
-# (`make course` prints this machine's fp32 and bf16 `torch.mm` rates). bf16 keeps fp32's 8 exponent bits, so it has
+# matrices faster than float32, by how much depending on the hardware (on a CPU, AMX tiles give the most; the next
+# cell measures this machine's fp32 and bf16 `torch.mm` rates). bf16 keeps fp32's 8 exponent bits, so it has
 # the same range, but only 8 significand bits instead of 24: about two to three significant decimal digits.
 # `torch.autocast` uses it where it is safe: inside the `with` block, matrix multiplications cast their inputs
 # and weights to bf16 and return bf16, while the **parameters stay fp32** (the "master weights"), their
@@ -312,8 +312,12 @@ assert len(hand_losses) == len(helper_losses) == open_steps and loss_gap <= 1e-6
 
 # %%
 from lowrank.settings import bf16_is_fast, precision_name
+from lowrank.timing import matmul_gflops
 
 print(f"this machine multiplies bf16 in hardware: {bf16_is_fast(device)}; lowrank.train runs in: {precision_name(device)}")
+if device.type == "cpu":
+    print(f"torch.mm 2048³ on {torch.get_num_threads()} thread(s): fp32 {matmul_gflops():.0f} GFLOP/s, "
+          f"bf16 {matmul_gflops(torch.bfloat16):.0f} GFLOP/s")
 for dtype in (torch.float32, torch.bfloat16):
     weight = torch.tensor(1.0, dtype=dtype)
     print(f"{str(dtype):>15}: spacing after 1.0 = {torch.finfo(dtype).eps:.1e}; 1.0 + 2e-3 = {(weight + 2e-3).item():.6f}")
@@ -373,8 +377,8 @@ print("loss, bf16:", ", ".join(f"{loss:.6f}" for loss in losses[torch.bfloat16])
 # %% [markdown]
 # Three things to read. **The ratio, not the seconds:** alternating the two precisions on one model makes each step
 # here slower than the same LoRA q,v step in section 3's table; over whole training runs the ratio was closer to
-# 0.7 (the README's "Precision" table). **The gain is modest:** `make course` prints this machine's `torch.mm` rates
-# (bf16 several times fp32 with AMX), yet the step gains far less, because much of a step is elementwise work
+# 0.7 (the README's "Precision" table). **The gain is modest:** the `torch.mm` rates printed above put bf16 several
+# times ahead of fp32 on a CPU with AMX (and behind it where bf16 is emulated), yet the step gains far less, because much of a step is elementwise work
 # (dropout's random numbers, GELU, layer norm, softmax, the optimizer) that bf16 matrix units do not speed up: on a
 # CPU, GELU, softmax and dropout run in bf16 on a matmul's bf16 output, layer norm in fp32 on the fp32 residual sum,
 # the optimizer outside autocast, and none gains much. **The losses differ slightly:** bf16 rounds each matrix
@@ -396,7 +400,7 @@ print("loss, bf16:", ", ".join(f"{loss:.6f}" for loss in losses[torch.bfloat16])
 # `lowrank.memory` explains how it is counted on a CPU; it is measured without autocast, whatever the precision).
 
 # %% [markdown]
-# *Long cell*, the longest of this notebook (2 min quick, 42 min full, measured as in the first cell): four training
+# *Long cell*, the longest of this notebook (2 min quick, 51 min full, measured as in the first cell): four training
 # runs, one after the other. Interrupting the kernel ends
 # the run in progress and keeps what it trained; the next run then starts.
 
@@ -434,10 +438,11 @@ for label, spec in experiments.items():
     print(f"{label}: test accuracy {results[label]['test accuracy']:.2%}")
 
 # %%
-print(f"{'':>22} {'test acc':>9} {'trainable':>11} {'adapters':>9} {'s/step':>7} {'step mem MiB':>13} {'lr':>7}")
+print(f"{'':>22} {'val acc':>8} {'test acc':>9} {'trainable':>11} {'adapters':>9} {'s/step':>7} {'step mem MiB':>13} {'lr':>7}")
 for label, r in results.items():
-    print(f"{label:>22} {r['test accuracy']:>9.2%} {r['trainable']:>11,} {r['adapters']:>9,} {r['s/step']:>7.2f} "
-          f"{r['step memory MiB']:>13.1f} {r['lr']:>7.0e}")
+    print(f"{label:>22} {r['validation accuracy']:>8.2%} {r['test accuracy']:>9.2%} {r['trainable']:>11,} "
+          f"{r['adapters']:>9,} {r['s/step']:>7.2f} {r['step memory MiB']:>13.1f} {r['lr']:>7.0e}")
+print("(val acc: validation accuracy after the last step, what the choice below uses)")
 print("(trainable = adapters + the classification head, which every method except full fine-tuning trains in full)")
 full_accuracy = results["full fine-tuning"]["test accuracy"]
 # the LoRA run to carry on with is chosen on validation data (its last evaluation), never on the test set
@@ -499,7 +504,7 @@ if label_confidence:
 #   well under 1 % of the model (the rest of "trainable" is the head).
 # * In that run, **LoRA on all linear layers** finished behind both (the second and third lines, p below 0.05). Both
 #   runs had one seed and share one learning rate, fixed in advance, so this run cannot say why: on the *validation*
-#   set (the figure's last points) all-linear finished slightly *ahead* of q,v, with a lower training loss, so the
+#   set (the `val acc` column, and the figure's last points) all-linear finished slightly *ahead* of q,v, with a lower training loss, so the
 #   test gap may be split noise (validation and test are two samples of 1,000 tweets) or seed noise, rather than a
 #   rate unsuited to 36 adapted layers. Choosing each rate on the validation set, and more seeds, would tell; it does
 #   not show that more adapters hurt. That validation lead is also why the "best LoRA" line names all-linear in that
