@@ -40,6 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("load model", "load data", "tokenize", "train steps", "evaluate", "snapshot")
 
 
+def shown(path: Path) -> Path:
+    """``path`` relative to the repository when it lies inside it (shorter messages), else as is."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def cell_seconds(cell: nbformat.NotebookNode) -> float:
     """Execution time of one executed code cell, from nbclient's timing metadata."""
     timing = cell.get("metadata", {}).get("execution", {})
@@ -68,7 +73,7 @@ def run_notebook(path: Path, out_path: Path, figures: Path | None) -> dict:
             failed = ROOT / "build" / "failed" / path.name
             failed.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(notebook, failed)
-            print(f"   stopped: the executed part is in {failed.relative_to(ROOT)}; {path.name} is unchanged")
+            print(f"   stopped: the executed part is in {shown(failed)}; {path.name} is unchanged")
             raise
         finally:
             for name, value in saved.items():
@@ -118,8 +123,7 @@ def main() -> None:
     else:
         scratch = (args.scratch or ROOT / "build" / profile).resolve()
         out_folder, figures, report = scratch / "notebooks", scratch / "figures", scratch / "course_times.json"
-        shown = scratch.relative_to(ROOT) if scratch.is_relative_to(ROOT) else scratch
-        print(f"profile {profile}: executed notebooks and figures go to {shown}/ "
+        print(f"profile {profile}: executed notebooks and figures go to {shown(scratch)}/ "
               "(the committed full-profile ones are not touched)")
     import torch
 
@@ -135,7 +139,7 @@ def main() -> None:
     for path in notebooks:
         path = path.resolve()
         out_path = path if out_folder is None else out_folder / path.name
-        print(f"== {path.relative_to(ROOT)} (profile {profile})", flush=True)
+        print(f"== {shown(path)} (profile {profile})", flush=True)
         timings[path.name] = run_notebook(path, out_path, figures)
         timings[path.name].update(matmul_gflops_fp32=round(rate), torch_threads=threads, precision=precision,
                                   matmul_gflops_bf16=round(bf16_rate) if bf16_rate else None,
@@ -144,7 +148,7 @@ def main() -> None:
         write_report(report, profile, {path.name: timings[path.name]})  # after each notebook: a crash keeps it
         print(f"   done in {timings[path.name]['seconds']:,.0f} s", flush=True)
     print_table(timings)
-    print(f"breakdown written to {report.relative_to(ROOT) if report.is_relative_to(ROOT) else report}")
+    print(f"breakdown written to {shown(report)}")
 
 
 def write_report(report: Path, profile: str, timings: dict[str, dict]) -> None:
