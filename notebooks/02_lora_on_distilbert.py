@@ -234,13 +234,42 @@ for label, toggles in configurations.items():
 #    runs *through* it to reach the adapters of the lower layers.
 # 3. **AdamW over the trainable parameters only**: `lowrank.training.parameter_groups` hands the optimiser only
 #    the parameters that train, so it keeps no moments for the frozen ones; weight decay 0.01 on every one of them.
+#    `fused=True` updates them all in one kernel instead of a Python loop over the tensors: the same update, to
+#    rounding, and much less time when every parameter trains (full fine-tuning).
 # 4. **The schedule**: the learning rate rises linearly over the warm-up steps, peaks at the step after them, then
 #    falls linearly toward zero, which it would reach one step after the last (`lowrank.training.schedule_factor`).
 # 5. **The same start and order**: `seed_everything(seed)` fixes dropout's random numbers, and
 #    `batches(..., shuffle=True, seed=seed + epoch)` shuffles with its own generator.
-#
-# We run it for a few steps on a model with LoRA adapters, run `lowrank.train` for the same steps from the same
-# start, and check that the two agree step by step (under 20 seconds in either profile, measured on one core).
+# 6. **Less padding** (on a CPU): a shuffled batch is padded to its longest tweet, and a CPU's time grows with every
+#    token it computes, padding included. So the loop runs each batch as groups of `CPU_MICRO_BATCH` tweets of
+#    similar length, each group cut to its own longest tweet (`lowrank.training.length_groups`), weights each
+#    group's mean loss by its share of the batch, and calls `backward()` per group: the gradients add up to the
+#    whole batch's, and the optimiser still steps once per batch. Same batches, same order, same update; only
+#    dropout draws other random numbers, because its masks have other shapes. On a GPU, where padding is nearly
+#    free and small passes waste the device, `lowrank.train` keeps whole batches. How much of the work is padding:
+
+# %%
+from lowrank.training import CPU_MICRO_BATCH, length_groups
+
+
+def padding_share(group_size):
+    """Fraction of the tokens computed in one pass over the training split that are padding."""
+    real = computed = 0
+    for batch in batches(data["train"], profile.batch_size, shuffle=True, seed=0, pad_token_id=tokenizer.pad_token_id):
+        for group, _ in length_groups(batch, group_size):
+            real += int(group["attention_mask"].sum())
+            computed += group["attention_mask"].numel()
+    return 1 - real / computed
+
+
+print(f"batches of {profile.batch_size}: padding is {padding_share(None):.0%} of the tokens computed as whole batches, "
+      f"{padding_share(CPU_MICRO_BATCH):.0%} in length groups of {CPU_MICRO_BATCH}")
+
+# %% [markdown]
+# The README's benchmark (`bench/micro_batch_bench.py`) measures what the groups and the fused optimiser save per
+# step. We run the loop for a few steps on a model with LoRA adapters, run `lowrank.train` for the same steps from
+# the same start, and check that the two agree step by step (under 20 seconds in either profile, measured on one
+# core).
 
 # %%
 from lowrank.training import parameter_groups, schedule_factor
@@ -250,7 +279,8 @@ def train_in_the_open(model, train_data, *, steps, batch_size, lr, weight_decay=
     """What lowrank.train does for `steps` optimizer steps (within one epoch), without its bookkeeping."""
     seed_everything(seed)                                       # dropout's random numbers
     warmup = int(warmup_fraction * steps)
-    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr)  # the trainable parameters only
+    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, fused=True)  # trainable parameters only
+    group_size = CPU_MICRO_BATCH if device.type == "cpu" else None  # None: the whole batch in one pass
     losses = []
     model.train()                                               # dropout on
     for batch in batches(train_data, batch_size, shuffle=True, seed=seed, device=device,
@@ -259,11 +289,14 @@ def train_in_the_open(model, train_data, *, steps, batch_size, lr, weight_decay=
             break
         for group in optimizer.param_groups:                    # linear warm-up, then linear decay
             group["lr"] = lr * schedule_factor(len(losses), steps, warmup)
-        loss = model(**batch).loss                              # 1. forward: logits and cross-entropy
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()                                         # 2. gradients of the trainable parameters
-        optimizer.step()                                        # 3. AdamW update
-        losses.append(loss.item())
+        loss = 0.0
+        for rows, share in length_groups(batch, group_size):    # tweets of similar length, less padding
+            part = model(**rows).loss * share                   # 1. forward: this group's share of the batch's loss
+            part.backward()                                     # 2. its gradients, added to the other groups'
+            loss += part.item()
+        optimizer.step()                                        # 3. one AdamW update for the whole batch
+        losses.append(loss)
     model.eval()
     return losses
 
@@ -349,19 +382,22 @@ layer.zero_grad(set_to_none=True)
 
 # %%
 from lowrank.timing import interleaved_medians
+from lowrank.training import resolve_micro_batch_size
 
 timing_batch = next(batches(data["train"], profile.batch_size, shuffle=True, seed=0, device=device,
                             pad_token_id=tokenizer.pad_token_id))
 timed = copy.deepcopy(start).train()
-timed_optimizer = torch.optim.AdamW([p for p in timed.parameters() if p.requires_grad], lr=2e-3)
+timed_optimizer = torch.optim.AdamW(parameter_groups(timed, 0.01), lr=2e-3, fused=True)
+group_size = resolve_micro_batch_size("auto", device)  # as lowrank.train: groups on a CPU
 
 
 def one_step(dtype):
     def step():
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = timed(**timing_batch).loss
         timed_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for rows, share in length_groups(timing_batch, group_size):
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                part = timed(**rows).loss * share
+            part.backward()
         timed_optimizer.step()
     return step
 
@@ -397,7 +433,9 @@ print("loss, bf16:", ", ".join(f"{loss:.6f}" for loss in losses[torch.bfloat16])
 # same one, so the two differ only in where the adapters sit. A sweep on the validation set could rank the
 # methods differently. We record validation accuracy during training, test accuracy at the end, the median step time,
 # and the memory one training step holds (activations saved for backward plus gradients and AdamW state;
-# `lowrank.memory` explains how it is counted on a CPU; it is measured without autocast, whatever the precision).
+# `lowrank.memory` explains how it is counted on a CPU; it is measured on one batch of 32 tweets in a single pass,
+# without autocast, whatever the precision: `lowrank.train`'s length groups hold the activations of fewer tweets
+# at a time, so the training itself holds less).
 
 # %% [markdown]
 # *Long cell*, the longest of this notebook (2 min quick, 51 min full, measured as in the first cell): four training

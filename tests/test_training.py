@@ -115,3 +115,69 @@ def test_logits_accuracy_scores_given_predictions_and_checks_their_length():
     assert logits_accuracy(logits, data) == 0.75
     with pytest.raises(ValueError, match="3 rows of logits for a split of 4"):
         logits_accuracy(logits[:3], data)
+
+
+def _padded_batch() -> dict[str, torch.Tensor]:
+    lengths = [5, 2, 7, 3, 7, 1]
+    ids = torch.zeros(len(lengths), 7, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.arange(1, n + 1) + 10 * row
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(len(lengths)) % 2}
+
+
+def test_length_groups_partition_the_batch_into_shorter_groups():
+    batch = _padded_batch()
+    groups = list(lowrank.training.length_groups(batch, 4))
+    assert [share for _, share in groups] == [4 / 6, 2 / 6]
+    assert [group["input_ids"].shape for group, _ in groups] == [(4, 5), (2, 7)]  # each cut to its longest row
+    seen = sorted(tuple(row[row != 0].tolist()) for group, _ in groups for row in group["input_ids"])
+    assert seen == sorted(tuple(row[row != 0].tolist()) for row in batch["input_ids"])
+    for group, _ in groups:  # labels and masks travel with their rows
+        first_ids = group["input_ids"][:, 0].tolist()
+        assert group["labels"].tolist() == [(i // 10) % 2 for i in first_ids]
+        assert group["attention_mask"].sum(1).tolist() == (group["input_ids"] != 0).sum(1).tolist()
+    assert list(lowrank.training.length_groups(batch, None)) == [(batch, 1.0)]
+    assert list(lowrank.training.length_groups(batch, 6)) == [(batch, 1.0)]
+    with pytest.raises(ValueError, match="positive integer or None"):
+        next(lowrank.training.length_groups(batch, 0))
+
+
+def test_length_groups_give_the_whole_batch_gradient(tiny_model):
+    """Without dropout, the weighted group losses accumulate the whole batch's loss and gradient."""
+    batch = _padded_batch()
+    whole, grouped = tiny_model, copy.deepcopy(tiny_model)
+    loss = whole(**batch).loss
+    loss.backward()
+    total = 0.0
+    for group, share in lowrank.training.length_groups(batch, 2):
+        part = grouped(**group).loss * share
+        part.backward()
+        total += part.item()
+    assert total == pytest.approx(loss.item(), abs=1e-6)
+    for (name, a), b in zip(whole.named_parameters(), grouped.parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_micro_batches_train_like_whole_batches(tiny_model):
+    data = tiny_split()
+    start = add_adapters(tiny_model, ["q_lin", "v_lin"], rank=2, alpha=4)
+    runs = {}
+    for size in (None, 3):
+        model = copy.deepcopy(start)
+        runs[size] = (train(model, data, epochs=2, batch_size=8, lr=1e-2, progress=False, micro_batch_size=size),
+                      model)
+    (whole, whole_model), (micro, micro_model) = runs[None], runs[3]
+    assert micro.steps == whole.steps == 6
+    assert micro.losses == pytest.approx(whole.losses, abs=1e-5)
+    for a, b in zip(whole_model.parameters(), micro_model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_micro_batch_size_auto_splits_on_cpu_only():
+    resolve = lowrank.training.resolve_micro_batch_size
+    assert resolve("auto", torch.device("cpu")) == lowrank.training.CPU_MICRO_BATCH
+    assert resolve("auto", torch.device("cuda")) is None
+    assert resolve(16, torch.device("cuda")) == 16 and resolve(None, torch.device("cpu")) is None
