@@ -411,9 +411,10 @@ print("loss, fp32:", ", ".join(f"{loss:.6f}" for loss in losses[None]))
 print("loss, bf16:", ", ".join(f"{loss:.6f}" for loss in losses[torch.bfloat16]))
 
 # %% [markdown]
-# Three things to read. **The ratio, not the seconds:** alternating the two precisions on one model makes each step
-# here slower than the same LoRA q,v step in section 3's table; over whole training runs the ratio was closer to
-# 0.7 (the README's "Precision" table). **The gain is modest:** the `torch.mm` rates printed above put bf16 several
+# Three things to read. **The ratio, not the seconds:** seconds depend on the machine and on what else runs on it;
+# the ratio of two contenders alternated on one machine carries over better, and whole training runs of section 3's
+# four methods gave ratios close to this one (the README's "Precision" table, measured before `lowrank.train` used
+# length groups). **The gain is modest:** the `torch.mm` rates printed above put bf16 several
 # times ahead of fp32 on a CPU with AMX (and behind it where bf16 is emulated), yet the step gains far less, because much of a step is elementwise work
 # (dropout's random numbers, GELU, layer norm, softmax, the optimizer) that bf16 matrix units do not speed up: on a
 # CPU, GELU, softmax and dropout run in bf16 on a matmul's bf16 output, layer norm in fp32 on the fp32 residual sum,
@@ -537,18 +538,19 @@ if label_confidence:
 # What to read off (the tables above are what this run measured; the numbers are printed, not typed here):
 #
 # * **The head alone** on frozen features is far behind (the last McNemar line compares it with LoRA q,v).
-# * In the committed full-profile run, **LoRA q,v and full fine-tuning** cannot be told apart on this test set (the
-#   first McNemar line: p far above 0.05), and LoRA q,v gets there training the adapter parameters in the table,
-#   well under 1 % of the model (the rest of "trainable" is the head).
-# * In that run, **LoRA on all linear layers** finished behind both (the second and third lines, p below 0.05). Both
-#   runs had one seed and share one learning rate, fixed in advance, so this run cannot say why: on the *validation*
-#   set (the `val acc` column, and the figure's last points) all-linear finished slightly *ahead* of q,v, with a lower training loss, so the
-#   test gap may be split noise (validation and test are two samples of 1,000 tweets) or seed noise, rather than a
-#   rate unsuited to 36 adapted layers. Choosing each rate on the validation set, and more seeds, would tell; it does
-#   not show that more adapters hurt. That validation lead is also why the "best LoRA" line names all-linear in that
-#   run: the LoRA to carry on with is chosen on validation data, as any choice
-#   must be, and a test gap seen only afterwards does not change it. A quick-profile run trains far less and can
-#   order the methods differently: read your own table.
+# * In the committed full-profile run, **LoRA q,v, LoRA on all linear layers and full fine-tuning** cannot be told
+#   apart on this test set (the first three McNemar lines: every p far above 0.05), and LoRA q,v gets there training
+#   the adapter parameters in the table, well under 1 % of the model (the rest of "trainable" is the head). The
+#   "best LoRA" line names the one that finished ahead on the *validation* set (the `val acc` column): the LoRA to
+#   carry on with is chosen on validation data, as any choice must be, and a test gap seen afterwards does not
+#   change it.
+# * **One run decides little.** Each method trained once, with one seed and one learning rate fixed in advance. The
+#   previous committed run of this notebook differed from this one only in dropout's random numbers (it ran each
+#   batch in one pass, before `lowrank.train` used length groups), and there LoRA on all linear layers finished
+#   behind both others with p below 0.05 (the README's "Precision" table gives that run's accuracies, in its fp32
+#   column). Orderings this close move from run to run; choosing each rate on the validation set, and several
+#   seeds, would settle them. A quick-profile run trains far less and can order the methods differently: read your
+#   own table.
 # * **Label noise**: every model scores far higher on tweets whose labellers were sure (confidence 1.0) than on
 #   those below 0.7. Low-confidence tweets are ambiguous or mislabelled (this run cannot tell which); they pull every
 #   model's accuracy down, though even on sure labels no model is perfect. Differences of a point between methods
