@@ -234,8 +234,9 @@ for label, toggles in configurations.items():
 #    runs *through* it to reach the adapters of the lower layers.
 # 3. **AdamW over the trainable parameters only**: `lowrank.training.parameter_groups` hands the optimiser only
 #    the parameters that train, so it keeps no moments for the frozen ones; weight decay 0.01 on every one of them.
-#    `fused=True` updates them all in one kernel instead of a Python loop over the tensors: the same update, to
-#    rounding, and much less time when every parameter trains (full fine-tuning).
+#    `fused=True` updates them all in one fused operation instead of a Python loop over the tensors: the same
+#    update, to rounding, and much less time when every parameter trains (full fine-tuning). `lowrank.train` gets
+#    its optimiser from `lowrank.training.adamw`, which does this (fused on a CPU or a CUDA GPU).
 # 4. **The schedule**: the learning rate rises linearly over the warm-up steps, peaks at the step after them, then
 #    falls linearly toward zero, which it would reach one step after the last (`lowrank.training.schedule_factor`).
 # 5. **The same start and order**: `seed_everything(seed)` fixes dropout's random numbers, and
@@ -244,9 +245,11 @@ for label, toggles in configurations.items():
 #    token it computes, padding included. So the loop runs each batch as groups of `CPU_MICRO_BATCH` tweets of
 #    similar length, each group cut to its own longest tweet (`lowrank.training.length_groups`), weights each
 #    group's mean loss by its share of the batch, and calls `backward()` per group: the gradients add up to the
-#    whole batch's, and the optimiser still steps once per batch. Same batches, same order, same update; only
-#    dropout draws other random numbers, because its masks have other shapes. On a GPU, where padding is nearly
-#    free and small passes waste the device, `lowrank.train` keeps whole batches. How much of the work is padding:
+#    whole batch's, and the optimiser still steps once per batch. Same batches, same order, and for given dropout
+#    masks the same gradient up to float rounding; but dropout draws other masks (they have other shapes), so a run
+#    differs from a whole-batch run as a re-run with other random numbers would. On a GPU, where padding is nearly
+#    free and small passes waste the device, `lowrank.train` keeps whole batches. How many of the computed tokens
+#    are padding:
 
 # %%
 from lowrank.training import CPU_MICRO_BATCH, length_groups
@@ -266,8 +269,8 @@ print(f"batches of {profile.batch_size}: padding is {padding_share(None):.0%} of
       f"{padding_share(CPU_MICRO_BATCH):.0%} in length groups of {CPU_MICRO_BATCH}")
 
 # %% [markdown]
-# The README's benchmark (`bench/micro_batch_bench.py`) measures what the groups and the fused optimiser save per
-# step. We run the loop for a few steps on a model with LoRA adapters, run `lowrank.train` for the same steps from
+# The README's "Benchmark" section (its paragraph "Less padding, one optimizer kernel", from
+# `bench/micro_batch_bench.py`) measures what the groups and the fused optimiser save per step. We run the loop for a few steps on a model with LoRA adapters, run `lowrank.train` for the same steps from
 # the same start, and check that the two agree step by step (under 20 seconds in either profile, measured on one
 # core).
 
@@ -332,7 +335,7 @@ assert len(hand_losses) == len(helper_losses) == open_steps and loss_gap <= 1e-6
 # matrices faster than float32, by how much depending on the hardware (on a CPU, AMX tiles give the most; the next
 # cell measures this machine's fp32 and bf16 `torch.mm` rates). bf16 keeps fp32's 8 exponent bits, so it has
 # the same range, but only 8 significand bits instead of 24: about two to three significant decimal digits.
-# `torch.autocast` uses it where it is safe: inside the `with` block, matrix multiplications cast their inputs
+# `torch.autocast` uses it where it is safe: inside the `with` block, the linear layers' matrix multiplications cast their inputs
 # and weights to bf16 and return bf16, while the **parameters stay fp32** (the "master weights"), their
 # gradients arrive in fp32, and AdamW's moments stay fp32. `LOWRANK_PRECISION` picks what `lowrank.train` does:
 # `fp32` (no autocast), `bf16`, or `auto` (bf16 where the hardware multiplies it fast, else fp32); the first line
@@ -417,10 +420,12 @@ print("loss, bf16:", ", ".join(f"{loss:.6f}" for loss in losses[torch.bfloat16])
 # length groups). **The gain is modest:** the `torch.mm` rates printed above put bf16 several
 # times ahead of fp32 on a CPU with AMX (and behind it where bf16 is emulated), yet the step gains far less, because much of a step is elementwise work
 # (dropout's random numbers, GELU, layer norm, softmax, the optimizer) that bf16 matrix units do not speed up: on a
-# CPU, GELU, softmax and dropout run in bf16 on a matmul's bf16 output, layer norm in fp32 on the fp32 residual sum,
-# the optimizer outside autocast, and none gains much. **The losses differ slightly:** bf16 rounds each matrix
-# multiplication's inputs and output, so even the first loss differs (before any update), and the runs then drift
-# apart step by step. Whether that matters is an empirical question, measured for this course by training every
+# CPU, GELU and the feed-forward dropout run in bf16 on a matmul's bf16 output; attention (its two matrix
+# multiplications, softmax and dropout) runs inside PyTorch's `scaled_dot_product_attention`, whose CPU fallback,
+# used whenever dropout is on, computes in fp32; layer norm runs in fp32 on the fp32 residual sum, the optimizer
+# outside autocast; none gains much. **The losses differ slightly:** bf16 rounds each linear layer's inputs and
+# output, so even the first loss differs (before any update); after that the two runs update from slightly
+# different gradients, so their weights differ too, and over hundreds of steps that can add up. Whether that matters is an empirical question, measured for this course by training every
 # method of the next section both ways, in one sitting (the README's "Precision" table); the committed outputs use
 # the precision named in the first printed line.
 
@@ -435,8 +440,9 @@ print("loss, bf16:", ", ".join(f"{loss:.6f}" for loss in losses[torch.bfloat16])
 # methods differently. We record validation accuracy during training, test accuracy at the end, the median step time,
 # and the memory one training step holds (activations saved for backward plus gradients and AdamW state;
 # `lowrank.memory` explains how it is counted on a CPU; it is measured on one batch of 32 tweets in a single pass,
-# without autocast, whatever the precision: `lowrank.train`'s length groups hold the activations of fewer tweets
-# at a time, so the training itself holds less).
+# without autocast, whatever the precision). On a CPU, `lowrank.train`'s length groups hold the activations of only 8
+# tweets at a time, each group cut to its own length, so training holds less than this column: the activation
+# part shrinks, the gradients and AdamW state do not.
 
 # %% [markdown]
 # *Long cell*, the longest of this notebook (2 min quick, 51 min full, measured as in the first cell): four training
@@ -542,20 +548,21 @@ if label_confidence:
 #   apart on this test set (the first three McNemar lines: every p far above 0.05), and LoRA q,v gets there training
 #   the adapter parameters in the table, well under 1 % of the model (the rest of "trainable" is the head). The
 #   "best LoRA" line names the one that finished ahead on the *validation* set (the `val acc` column): the LoRA to
-#   carry on with is chosen on validation data, as any choice must be, and a test gap seen afterwards does not
-#   change it.
+#   carry on with is chosen on validation data, as any choice must be, whatever the test set shows afterwards.
 # * **One run decides little.** Each method trained once, with one seed and one learning rate fixed in advance. The
-#   previous committed run of this notebook differed from this one only in dropout's random numbers (it ran each
-#   batch in one pass, before `lowrank.train` used length groups), and there LoRA on all linear layers finished
-#   behind both others with p below 0.05 (the README's "Precision" table gives that run's accuracies, in its fp32
-#   column). Orderings this close move from run to run; choosing each rate on the validation set, and several
-#   seeds, would settle them. A quick-profile run trains far less and can order the methods differently: read your
-#   own table.
+#   previous committed run of this notebook had the same data, order, seed and settings; it differed in dropout's
+#   random numbers and in float rounding (it ran each batch in one pass, before `lowrank.train` used length groups
+#   and a fused AdamW). There LoRA on all linear layers finished behind both others, behind full fine-tuning with
+#   p < 0.001 (the README's "Precision" section gives that run's accuracies and McNemar lines). Even that did not
+#   survive a change of dropout draws: McNemar's test compares these two *trained models* on this test set, not
+#   the two *methods*. Choosing each rate on the validation set, and several seeds, would compare methods. A
+#   quick-profile run trains far less and can order the methods differently: read your own table.
 # * **Label noise**: every model scores far higher on tweets whose labellers were sure (confidence 1.0) than on
 #   those below 0.7. Low-confidence tweets are ambiguous or mislabelled (this run cannot tell which); they pull every
 #   model's accuracy down, though even on sure labels no model is perfect. Differences of a point between methods
 #   should not be over-read.
-# * **Cost**: full fine-tuning holds, for gradients and AdamW state, the most memory per step (the `step mem` column). Step times on a CPU are dominated by the frozen backbone's forward
+# * **Cost**: full fine-tuning holds the most memory per step (the `step mem` column); the extra is its gradients and
+#   AdamW's two moments, three fp32 copies of its 22.7 M parameters. Step times on a CPU are dominated by the frozen backbone's forward
 #   and backward (LoRA still backpropagates *through* every layer below an adapter), so LoRA saves far less time
 #   than parameters (the `s/step` column).
 #
@@ -590,12 +597,14 @@ print("max |logit difference| < 1e-4:", (before - after).abs().max().item() < 1e
 #   classification head, which is new and random and so trains in full.
 # * Before the first step, LoRA and DoRA on any set of layers give the backbone's logits (to 1e-5).
 # * `lowrank.train` is a plain loop: forward, backward, AdamW over the trainable parameters only, a linear
-#   warm-up-then-decay schedule; written out in the open, it gives the same losses and weights.
+#   warm-up-then-decay schedule, and on a CPU each batch in length groups to skip most of the padding; written out
+#   in the open, it gives the same losses and weights.
 # * On one data set and budget, section 3 compares the head alone, LoRA on query and value, LoRA on every linear
-#   layer and full fine-tuning: LoRA trains 1–2 % of the parameters, head included, and holds less memory per
-#   step; whether two accuracies differ is for the McNemar tests to say. On a CPU, LoRA saves less time than
+#   layer and full fine-tuning: LoRA trains about 1–2 % of the parameters, head included, and holds less memory
+#   per step. Whether two *trained models* differ on this test set is for McNemar's test to say; whether the
+#   *methods* differ needs several seeds. On a CPU, LoRA saves less time than
 #   parameters: backprop still runs through the frozen layers below each adapter.
-# * Mixed precision: under `torch.autocast`, matrix multiplications run in bf16 (8 significand bits) while the
+# * Mixed precision: under `torch.autocast`, the linear layers' matrix multiplications run in bf16 (8 significand bits) while the
 #   parameters, their gradients and AdamW's moments stay fp32; a step gains less than the matmuls alone, and the
 #   losses differ slightly from fp32's. The committed outputs are fp32; the README's "Precision" table compares both.
 # * Merging the trained adapters keeps every test prediction.
