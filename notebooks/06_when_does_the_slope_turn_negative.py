@@ -308,45 +308,89 @@ for (condition, method) in dict.fromkeys((r["condition"], r["method"]) for r in 
     print(f"{condition:<24}{method:<7}{cell['even']:>22}{cell['late']:>22}{figure2.PAPER_CORRELATIONS[method]:>+8.2f}")
 
 # %% [markdown]
-# ## 6. What produces the paper's pattern here, and what does not
+# ## 6. The same study, run twice
 #
-# **What produces the paper's pattern here: weight decay at the paper's cumulative strength, read at late checkpoints.**
-# Every number below is printed in a table above.
+# How much of the above would a re-run change? `figures/06_replicate/` holds an earlier run of the same 13 runs by
+# the same command (at commit `c3c3f89`): same data, order, seed, settings and adapter initialisation, but made before
+# `lowrank.train` ran each batch in length groups with a fused AdamW (notebook 02), so dropout drew other random
+# numbers and the arithmetic rounded differently. That is a re-run, not a new seed; two runs cannot give a spread,
+# but they show which signs move. The two most-read statistics, query matrices, this run beside the replicate:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+REPLICATE = STUDY / "06_replicate"
+replicate = figure2.read_csv(REPLICATE / figure2.POINTS_FILE)
+replicate_runs = json.loads((REPLICATE / figure2.RUNS_FILE).read_text())
+gaps = {key: 100 * (runs[key]["test_accuracy"] - replicate_runs[key]["test_accuracy"]) for key in runs}
+widest = max(gaps, key=lambda key: abs(gaps[key]))
+print(f"test accuracy, this run minus the replicate: largest gap {gaps[widest]:+.1f} points ({widest}), "
+      f"median |gap| {np.median(np.abs(list(gaps.values()))):.1f}")
+tables = {"even": (query_table, figure2.correlation_table(replicate, "q_lin", "even", samples=1000)),
+          "late": (late_table, figure2.correlation_table(replicate, "q_lin", "late", samples=1000))}
+
+
+def pearson(table, condition, method, statistic):
+    return next(r for r in table if (r["condition"], r["method"], r["statistic"], r["kind"]) ==
+                (condition, method, statistic, "pearson"))
+
+
+print(f"{'statistic':<30}{'condition':<24}{'method':<7}{'this run [95% CI]':>22}{'replicate [95% CI]':>22}  sign")
+for placement, statistic in (("even", "within checkpoints"), ("late", "pooled")):
+    for condition, method in dict.fromkeys((r["condition"], r["method"]) for r in query_table):
+        this, other = (pearson(table, condition, method, statistic) for table in tables[placement])
+        text = [f"{r['value']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]" for r in (this, other)]
+        same = "same" if np.sign(this["value"]) == np.sign(other["value"]) else "DIFFERS"
+        print(f"{statistic + ', ' + placement:<30}{condition:<24}{method:<7}{text[0]:>22}{text[1]:>22}  {same}")
+
+# %% [markdown]
+# ## 7. What produces the paper's pattern here, and what does not
 #
-# * **Without decay, every slope is positive.** In both regimes (`wd0`, section 3, pooled Pearson, `even`): FT +0.94
-#   and +0.95, LoRA +1.00 and +1.00, DoRA +0.28 and +0.36. For LoRA, section 4 shows why: nearly all its ΔM is the
-#   second-order term, the lengthening a perpendicular step gives any row (`c‖w‖·ΔD`; ‖w‖·ΔD without decay): 0.0131 of
-#   its paper ΔM of 0.0142 in the short regime. For FT that term is a smaller part (0.0002 of 0.0012 short, 0.0027 of
-#   0.0044 long): single rows also grow or shrink along themselves, which cancels in the signed mean but not in the
-#   paper's mean of |·|. In DoRA the row norm *is* the magnitude `m`; the normalisation removes the lengthening (its
-#   gradient column, which contains the normalisation, cancels the second-order column: −0.0134 against +0.0125 in the
-#   short regime), and what remains is what Adam does to `m`: a much weaker tie.
+# **What produces the paper's pattern here: weight decay at the paper's cumulative strength, read at late checkpoints,
+# in the short regime.** Both runs of the study agree on that; they disagree on the long regime. Every number below is
+# printed in a table above.
+#
+# * **Without decay, every slope is positive,** in both runs. In this one (`wd0`, section 3, pooled Pearson, `even`):
+#   FT +0.89 and +0.93 (short and long regime), LoRA +0.99 and +1.00, DoRA +0.51 and +0.66. For LoRA, section 4 shows
+#   why: nearly all its ΔM is the second-order term, the lengthening a perpendicular step gives any row (`c‖w‖·ΔD`;
+#   ‖w‖·ΔD without decay): 0.0123 of its paper ΔM of 0.0134 in the short regime. For FT that term is a smaller part
+#   (0.0002 of 0.0012 short, 0.0026 of 0.0042 long): single rows also grow or shrink along themselves, which cancels
+#   in the signed mean but not in the paper's mean of |·|. In DoRA the row norm *is* the magnitude `m`; the
+#   normalisation removes the lengthening (its gradient column, which contains the normalisation, cancels the
+#   second-order column: −0.0130 against +0.0117 in the short regime), and what remains is what Adam does to `m`: a
+#   weaker tie.
 # * **With the paper's decay, FT and DoRA turn negative across layers in the short regime; LoRA does not.** Decay makes
 #   99 % (short regime) and 92 % (long) of FT's signed ΔM, 97 % and 93 % of DoRA's, and has no direct term in LoRA's
 #   (c = 1: decay never reaches `W0`). At the last checkpoint of the short regime, ΔM rises with the layers' row norm
-#   (ρ = +1.00 for FT and DoRA, query and value) while ΔD falls with it (ρ from −0.89 to −0.94), and the
-#   within-checkpoint correlation is negative with intervals that exclude zero: FT −0.90 [−1.00, −0.82], DoRA −0.58
-#   [−0.96, −0.36]. In the long regime the point estimates stay negative but the intervals reach zero: DoRA −0.61
-#   [−0.90, +0.03], FT −0.35 [−0.94, +0.90] (there FT's query ΔD no longer falls with the norm: ρ = −0.03). LoRA stays
-#   at +1.00.
+#   (ρ = +1.00 for FT and DoRA, query and value) while ΔD falls with it (ρ from −0.49 to −0.94). The
+#   within-checkpoint correlation is negative in both runs: FT −0.88 [−0.99, −0.74] here (−0.90 in the replicate, both
+#   intervals excluding zero), DoRA −0.57 [−0.96, +0.72] (−0.58 in the replicate, whose interval excluded zero; this
+#   one's does not). LoRA stays at +1.00.
+# * **The long regime does not replicate.** With decay, its within-checkpoint correlations were DoRA −0.37 and FT +0.15
+#   here against −0.61 and −0.35 in the replicate: FT's sign changed between two runs that differ only in dropout's
+#   random numbers and rounding, and every interval reaches across zero. Here FT's query ΔD even rises with the row
+#   norm at the last checkpoint (ρ = +0.54). Decay still makes 92–93 % of FT's and DoRA's ΔM there; what it does to
+#   the slope across six layers is within run-to-run noise.
 # * **Exempting DoRA's magnitude from decay** (`long_wd_paper_m_exempt`) removes decay's share of its ΔM (mean signed
-#   ΔM −0.0019 against −0.3639 with `m` decayed). Its within-checkpoint correlation moves from −0.61 [−0.90, +0.03] to
-#   −0.05 [−0.64, +0.52]; with six layers the two intervals overlap, and at the `late` placement its pooled value is
-#   still negative (section 5). Decay of `A` and `B`, which this condition keeps, also acts on DoRA.
+#   ΔM −0.0018 against −0.3643 with `m` decayed). Its within-checkpoint correlation moves from −0.37 [−0.95, +0.94] to
+#   +0.83 [−0.57, +0.98] here (−0.61 to −0.05 in the replicate): the same direction in both runs, by an amount the
+#   intervals cannot pin down. At the `late` placement its pooled value is +0.78 here and −0.26 in the replicate.
+#   Decay of `A` and `B`, which this condition keeps, also acts on DoRA.
 # * **The paper's pooled number also depends on where the checkpoints sit.** Decay's ΔM grows with `Σ lr` just as ΔD
 #   grows with training, so checkpoints spread over the run add a positive time trend: with the `even` placement FT
-#   stays positive under decay (+0.64 short, +0.84 long) and DoRA near zero (+0.02, −0.04). At the `late` placement,
-#   where the linear schedule has nearly stopped, the point estimates have the paper's signs: FT −0.82 and −0.20, DoRA
-#   −0.56 and −0.62, LoRA +1.00 and +1.00 (paper: −0.62, −0.31, +0.83). Only short-regime FT's interval excludes zero
-#   there: with six layers, these are directions, not settled values.
+#   stays positive under decay (+0.64 short, +0.73 long) and DoRA near zero (+0.02, +0.05). At the `late` placement,
+#   where the linear schedule has nearly stopped, the short regime has the paper's three signs in both runs: FT −0.80
+#   (replicate −0.82), DoRA −0.54 (−0.56), LoRA +1.00 (+1.00); paper −0.62, −0.31, +0.83. The long regime gives FT
+#   +0.18 here against −0.20 in the replicate, DoRA −0.36 (−0.62), LoRA +0.99 (+1.00). Only short-regime FT's interval
+#   excludes zero there, in both runs: with six layers, the rest are directions, not settled values.
 # * **What does not produce it: a larger regime alone.** Without decay, the long regime moved FT's weights about ten
-#   times further (ΔD 2.16e-03 against 1.89e-04 at the last checkpoint; still below the paper's FT axis, 0.014–0.022)
-#   and its slope stayed as positive (+0.95 against +0.94).
+#   times further (ΔD 2.10e-03 against 1.96e-04 at the last checkpoint; still below the paper's FT axis, 0.014–0.022)
+#   and its slope stayed as positive (+0.93 against +0.89).
 #
-# Limits: six layers per panel (wide intervals), one small model, one task, one seed. The decay strength was not tuned
-# to match the paper: it is our estimate of the paper's own `λ·Σlr` (section 2), good to a factor of about two, and
-# only its cumulative effect `c` matches — each step's decay here is far stronger than the paper's. The paper does not
-# say where its intermediate checkpoints sit; this study shows that the answer changes its pooled number.
+# Limits: six layers per panel (wide intervals), one small model, one task, one seed run twice with different dropout
+# draws. The decay strength was not tuned to match the paper: it is our estimate of the paper's own `λ·Σlr`
+# (section 2), good to a factor of about two, and only its cumulative effect `c` matches — each step's decay here is
+# far stronger than the paper's. The paper does not say where its intermediate checkpoints sit; this study shows that
+# the answer changes its pooled number.
 #
 # ## What you learned
 #
@@ -354,10 +398,13 @@ for (condition, method) in dict.fromkeys((r["condition"], r["method"]) for r in 
 #   while a gradient step turns a small row more than a large one; a step perpendicular to a row also lengthens it,
 #   by about `c‖w‖·ΔD`.
 # * Where the decayed parameter carries the row norm (FT's weights, DoRA's magnitude), decay at the paper's cumulative
-#   strength dominated ΔM in these runs and produced a negative slope across layers; LoRA's decay cannot reach `W0`,
-#   so LoRA stayed positive.
+#   strength dominated ΔM in these runs and, in the short regime, produced a negative slope across layers in both runs
+#   of the study; in the long regime the sign did not survive a re-run. LoRA's decay cannot reach `W0`, so LoRA stayed
+#   positive.
 # * Without decay, the longer regime moved the weights further and no slope turned negative: size alone does not
-#   produce the paper's pattern (section 6).
+#   produce the paper's pattern (section 7).
+# * Six layers make a slope's sign fragile: a re-run that changed only dropout's random numbers flipped some of them
+#   (section 6). Run a study twice before reading a sign.
 # * A pooled correlation over checkpoints mixes time with layers: read it with the within-checkpoint and per-layer
 #   correlations, and with intervals that resample layers, not points.
 # * Where the paper's checkpoints sit changes its pooled number: spread over the run they add the time trend that

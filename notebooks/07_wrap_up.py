@@ -100,11 +100,10 @@ print(f"\nruns whose row norms were decayed (c < 1): {sum(v < 0 for v in decayed
 #   article's mistakes, each run.
 # * **02 — LoRA on DistilBERT.** Where the adapters go, why the new classification head trains in full, and four
 #   ways to fine-tune on one budget: the table above is that comparison. Read its accuracy differences with
-#   notebook 02's paired (McNemar) tests: in the committed run LoRA q,v and full fine-tuning cannot be told apart,
-#   and LoRA on all linear layers, at q,v's learning rate, finished behind both on test, though on
-#   validation slightly ahead of LoRA q,v (and just behind full fine-tuning: the `val acc` column), which is why the line under the table, choosing on validation as notebook 02
-#   does, compares all-linear with full fine-tuning. The gaps in trainable parameters and memory are far larger than
-#   any noise.
+#   notebook 02's paired (McNemar) tests: in the committed run LoRA q,v, LoRA on all linear layers and full
+#   fine-tuning cannot be told apart, and the line under the table compares the LoRA chosen on validation with full
+#   fine-tuning. A re-run that changed only dropout's random numbers reordered them (notebook 02, section 3): one run
+#   ranks trained models, not methods. The gaps in trainable parameters and memory are far larger than any noise.
 # * **03 — DoRA.** The paper's "column" norm is PyTorch's row norm (`dim=1` of `nn.Linear.weight`); DoRA's layer,
 #   its efficient forward, the paper's detached norm and what it saves, the same numbers as PEFT, and a merge that
 #   changes no prediction.
@@ -116,9 +115,10 @@ print(f"\nruns whose row norms were decayed (c < 1): {sum(v < 0 for v in decayed
 #   analysis of checkpoints on disk (`python -m lowrank.analyze`).
 # * **06 — When does the slope turn negative?** A study that changes one factor at a time finds what turns the slope
 #   across layers negative here: weight decay of the parameter that carries the row norms (FT's weights, DoRA's
-#   magnitude), at the paper's cumulative strength. The last table above counts the runs (the one run without
-#   decayed row norms that is not positive, DoRA with its magnitude exempt, sits near zero); notebook 06 gives their
-#   intervals, which are wide with six layers, and shows that where the checkpoints sit changes the pooled number.
+#   magnitude), at the paper's cumulative strength. The last table above counts the runs; the one decayed run that
+#   is not negative, FT in the long regime, is the sign that changed between the study's two runs (notebook 06,
+#   section 6). Notebook 06 gives their intervals, which are wide with six layers, and shows that where the
+#   checkpoints sit changes the pooled number.
 #
 # The `solutions/` folder next to this notebook holds a checked solution to every exercise.
 #
