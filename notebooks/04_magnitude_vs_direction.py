@@ -266,9 +266,9 @@ for label, (lr, seed) in variants.items():
 # grows with the step size, as ΔD does, so its slope is positive too.
 #
 # **Full fine-tuning and DoRA** do not show the paper's negative slope in the paper's statistic (pooled, query
-# matrices: the table of section 4). DoRA's *value* matrices do show a negative slope across layers once the time
+# matrices: the table of section 4). DoRA's *value* matrices have a negative slope across layers once the time
 # trend is removed (within checkpoints, same table), even with the little weight decay these runs have (printed
-# below). Notebook 06 studies the signs one factor at a time and finds that AdamW's decoupled weight decay at the
+# below), though with six layers its interval reaches zero. Notebook 06 studies the signs one factor at a time and finds that AdamW's decoupled weight decay at the
 # paper's cumulative strength, read at late checkpoints, produces the paper's signs for FT and, less clearly, DoRA. Decay multiplies
 # every decayed weight by `(1 − lr·λ)` each step, so what matters is the cumulative `λ·Σlr`. This notebook trains with
 # `train()`'s default λ = 0.01 for a few hundred steps; the paper's 20-epoch runs have far more:
@@ -287,8 +287,8 @@ for label, spec in methods.items():
 # one. In notebook 06's runs at our estimate of the paper's strength, decay makes most of FT's ΔM and of DoRA's (its
 # magnitude vector is decayed too, in the paper's official code) and has no direct term in LoRA's (decay reaches only
 # `A` and `B`, never `W0`'s row norms). Large-norm layers then lose more magnitude and turn less: a negative slope
-# within checkpoints for FT and DoRA in the short regime (intervals exclude zero; in the longer regime they reach
-# zero) and a positive one for LoRA. Notebook 06 shows which part of each ΔM comes from decay and which from the
+# within checkpoints for FT and DoRA in the short regime, in both of notebook 06's runs of its study (FT's intervals
+# exclude zero), and a positive one for LoRA; in the longer regime FT's sign changed between those two runs. Notebook 06 shows which part of each ΔM comes from decay and which from the
 # gradient, and that the pooled number the paper plots also depends on where its checkpoints sit.
 #
 # **DoRA's magnitude, like FT's weights, moves early; LoRA's does not.** The table of medians in section 4 (before

@@ -312,9 +312,10 @@ for (condition, method) in dict.fromkeys((r["condition"], r["method"]) for r in 
 #
 # How much of the above would a re-run change? `figures/06_replicate/` holds an earlier run of the same 13 runs by
 # the same command (at commit `c3c3f89`): same data, order, seed, settings and adapter initialisation, but made before
-# `lowrank.train` ran each batch in length groups with a fused AdamW (notebook 02), so dropout drew other random
-# numbers and the arithmetic rounded differently. That is a re-run, not a new seed; two runs cannot give a spread,
-# but they show which signs move. The two most-read statistics, query matrices, this run beside the replicate:
+# `lowrank.train` ran each batch in length groups with a fused AdamW (notebook 02), and before the LoRA and DoRA
+# layers' forward was rearranged (the same maths in another order), so dropout drew other random numbers and the
+# arithmetic rounded differently. That is a re-run, not a new seed; two runs cannot give a spread,
+# but they show which signs move. Three of the most-read statistics, query matrices, this run beside the replicate:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -335,7 +336,7 @@ def pearson(table, condition, method, statistic):
 
 
 print(f"{'statistic':<30}{'condition':<24}{'method':<7}{'this run [95% CI]':>22}{'replicate [95% CI]':>22}  sign")
-for placement, statistic in (("even", "within checkpoints"), ("late", "pooled")):
+for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"), ("late", "pooled")):
     for condition, method in dict.fromkeys((r["condition"], r["method"]) for r in query_table):
         this, other = (pearson(table, condition, method, statistic) for table in tables[placement])
         text = [f"{r['value']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]" for r in (this, other)]
@@ -346,11 +347,12 @@ for placement, statistic in (("even", "within checkpoints"), ("late", "pooled"))
 # ## 7. What produces the paper's pattern here, and what does not
 #
 # **What produces the paper's pattern here: weight decay at the paper's cumulative strength, read at late checkpoints,
-# in the short regime.** Both runs of the study agree on that; they disagree on the long regime. Every number below is
-# printed in a table above.
+# in the short regime.** Both runs of the study agree on that; in the long regime they disagree on FT's sign. Every
+# number below is printed in a table above.
 #
-# * **Without decay, every slope is positive,** in both runs. In this one (`wd0`, section 3, pooled Pearson, `even`):
-#   FT +0.89 and +0.93 (short and long regime), LoRA +0.99 and +1.00, DoRA +0.51 and +0.66. For LoRA, section 4 shows
+# * **Without decay, every Pearson slope is positive,** in both runs (section 6), DoRA's only weakly in the replicate
+#   (within checkpoints +0.10 and +0.06, intervals across zero). In this run (`wd0`, section 3, pooled Pearson,
+#   `even`): FT +0.89 and +0.93 (short and long regime), LoRA +0.99 and +1.00, DoRA +0.51 and +0.66. For LoRA, section 4 shows
 #   why: nearly all its ΔM is the second-order term, the lengthening a perpendicular step gives any row (`c‖w‖·ΔD`;
 #   ‖w‖·ΔD without decay): 0.0123 of its paper ΔM of 0.0134 in the short regime. For FT that term is a smaller part
 #   (0.0002 of 0.0012 short, 0.0026 of 0.0042 long): single rows also grow or shrink along themselves, which cancels
@@ -358,16 +360,17 @@ for placement, statistic in (("even", "within checkpoints"), ("late", "pooled"))
 #   normalisation removes the lengthening (its gradient column, which contains the normalisation, cancels the
 #   second-order column: −0.0130 against +0.0117 in the short regime), and what remains is what Adam does to `m`: a
 #   weaker tie.
-# * **With the paper's decay, FT and DoRA turn negative across layers in the short regime; LoRA does not.** Decay makes
-#   99 % (short regime) and 92 % (long) of FT's signed ΔM, 97 % and 93 % of DoRA's, and has no direct term in LoRA's
-#   (c = 1: decay never reaches `W0`). At the last checkpoint of the short regime, ΔM rises with the layers' row norm
+# * **With the paper's decay, FT and DoRA turn negative across layers in the short regime; LoRA does not.** Decay is
+#   99 % (short regime) and 92 % (long) of the summed sizes of the three terms of FT's ΔM (section 4's "decay share";
+#   its signed ΔM is then mostly the decay term), 97 % and 93 % of DoRA's, and has no direct term in LoRA's (c = 1:
+#   decay never reaches `W0`). At the last checkpoint of the short regime, ΔM rises with the layers' row norm
 #   (ρ = +1.00 for FT and DoRA, query and value) while ΔD falls with it (ρ from −0.49 to −0.94). The
-#   within-checkpoint correlation is negative in both runs: FT −0.88 [−0.99, −0.74] here (−0.90 in the replicate, both
+#   within-checkpoint correlation (`even` placement, section 6) is negative in both runs: FT −0.88 [−0.99, −0.74] here (−0.90 in the replicate, both
 #   intervals excluding zero), DoRA −0.57 [−0.96, +0.72] (−0.58 in the replicate, whose interval excluded zero; this
 #   one's does not). LoRA stays at +1.00.
-# * **The long regime does not replicate.** With decay, its within-checkpoint correlations were DoRA −0.37 and FT +0.15
-#   here against −0.61 and −0.35 in the replicate: FT's sign changed between two runs that differ only in dropout's
-#   random numbers and rounding, and every interval reaches across zero. Here FT's query ΔD even rises with the row
+# * **In the long regime, FT's sign does not replicate.** With decay, its within-checkpoint correlations were DoRA −0.37
+#   and FT +0.15 here against −0.61 and −0.35 in the replicate: FT's sign changed between two runs that differ only in
+#   dropout's random numbers and rounding, DoRA's stayed negative, and every interval reaches across zero. Here FT's query ΔD even rises with the row
 #   norm at the last checkpoint (ρ = +0.54). Decay still makes 92–93 % of FT's and DoRA's ΔM there; what it does to
 #   the slope across six layers is within run-to-run noise.
 # * **Exempting DoRA's magnitude from decay** (`long_wd_paper_m_exempt`) removes decay's share of its ΔM (mean signed
@@ -380,10 +383,11 @@ for placement, statistic in (("even", "within checkpoints"), ("late", "pooled"))
 #   stays positive under decay (+0.64 short, +0.73 long) and DoRA near zero (+0.02, +0.05). At the `late` placement,
 #   where the linear schedule has nearly stopped, the short regime has the paper's three signs in both runs: FT −0.80
 #   (replicate −0.82), DoRA −0.54 (−0.56), LoRA +1.00 (+1.00); paper −0.62, −0.31, +0.83. The long regime gives FT
-#   +0.18 here against −0.20 in the replicate, DoRA −0.36 (−0.62), LoRA +0.99 (+1.00). Only short-regime FT's interval
-#   excludes zero there, in both runs: with six layers, the rest are directions, not settled values.
+#   +0.18 here against −0.20 in the replicate, DoRA −0.36 (−0.62), LoRA +0.99 (+1.00). Of the FT and DoRA values, only
+#   short-regime FT's interval excludes zero there, in both runs (LoRA's exclude zero too): with six layers, the rest
+#   are directions, not settled values.
 # * **What does not produce it: a larger regime alone.** Without decay, the long regime moved FT's weights about ten
-#   times further (ΔD 2.10e-03 against 1.96e-04 at the last checkpoint; still below the paper's FT axis, 0.014–0.022)
+#   times further (ΔD 2.10e-03 against 1.96e-04 at the last checkpoint, query and value matrices, section 4; still below the paper's FT axis, 0.014–0.022)
 #   and its slope stayed as positive (+0.93 against +0.89).
 #
 # Limits: six layers per panel (wide intervals), one small model, one task, one seed run twice with different dropout
@@ -398,13 +402,14 @@ for placement, statistic in (("even", "within checkpoints"), ("late", "pooled"))
 #   while a gradient step turns a small row more than a large one; a step perpendicular to a row also lengthens it,
 #   by about `c‖w‖·ΔD`.
 # * Where the decayed parameter carries the row norm (FT's weights, DoRA's magnitude), decay at the paper's cumulative
-#   strength dominated ΔM in these runs and, in the short regime, produced a negative slope across layers in both runs
-#   of the study; in the long regime the sign did not survive a re-run. LoRA's decay cannot reach `W0`, so LoRA stayed
+#   strength dominated ΔM in these runs and, in the short regime, gave negative slopes across layers in both runs of
+#   the study (FT's intervals exclude zero; DoRA's do not in this run); in the long regime FT's sign did not survive
+#   a re-run, and DoRA's stayed negative with intervals across zero. LoRA's decay cannot reach `W0`, so LoRA stayed
 #   positive.
 # * Without decay, the longer regime moved the weights further and no slope turned negative: size alone does not
 #   produce the paper's pattern (section 7).
-# * Six layers make a slope's sign fragile: a re-run that changed only dropout's random numbers flipped some of them
-#   (section 6). Run a study twice before reading a sign.
+# * Six layers make a slope's sign fragile: a re-run that changed only dropout's random numbers and rounding flipped
+#   some of them (section 6). Run a study twice before reading a sign.
 # * A pooled correlation over checkpoints mixes time with layers: read it with the within-checkpoint and per-layer
 #   correlations, and with intervals that resample layers, not points.
 # * Where the paper's checkpoints sit changes its pooled number: spread over the run they add the time trend that
