@@ -29,7 +29,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 35 s with `LOWRANK_PROFILE=quick`, 3 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time; fp32 `torch.mm` 2048³ at about 126 GFLOP/s in both runs; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 24 s with `LOWRANK_PROFILE=quick`, 2 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: two notebooks at a time, 170 GFLOP/s; times scale roughly inversely with your machine's rate).
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
@@ -89,7 +89,7 @@ profile, model, tokenizer, data = setup.profile, setup.model, setup.tokenizer, s
 # query matrix, `W_0` itself, and a random matrix of the same shape.
 
 # %% [markdown]
-# *Long cell*, the longest of this notebook (14 s quick, 2 min full, measured as in the first cell); interrupting the kernel keeps what was trained.
+# *Long cell*, the longest of this notebook (9 s quick, 77 s full, measured as in the first cell); interrupting the kernel keeps what was trained.
 
 # %%
 queries = [name for name, _ in model.named_modules() if name.endswith("q_lin")]

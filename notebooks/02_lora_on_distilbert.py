@@ -23,7 +23,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 3 min with `LOWRANK_PROFILE=quick`, 52 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time; fp32 `torch.mm` 2048³ at about 126 and 155 GFLOP/s in those runs, the full one sharing the machine with two other jobs at times; times scale roughly inversely with your machine's rate). With `LOWRANK_PRECISION=bf16` on a CPU with AMX, the full run took 33 min, side by side with the fp32 one (README, "Precision").
+# **Runtime, measured:** 2 min with `LOWRANK_PROFILE=quick`, 36 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: two notebooks at a time, 158 GFLOP/s; times scale roughly inversely with your machine's rate). Before `lowrank.train` ran each batch in length groups (section "The training loop, in the open"), the full run took 43 min in fp32 and 33 min with `LOWRANK_PRECISION=bf16` on a CPU with AMX, side by side (README, "Precision").
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
@@ -445,7 +445,7 @@ print("loss, bf16:", ", ".join(f"{loss:.6f}" for loss in losses[torch.bfloat16])
 # part shrinks, the gradients and AdamW state do not.
 
 # %% [markdown]
-# *Long cell*, the longest of this notebook (2 min quick, 51 min full, measured as in the first cell): four training
+# *Long cell*, the longest of this notebook (84 s quick, 35 min full, measured as in the first cell): four training
 # runs, one after the other. Interrupting the kernel ends
 # the run in progress and keeps what it trained; the next run then starts.
 

@@ -27,7 +27,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 68 s with `LOWRANK_PROFILE=quick`, 23 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time; fp32 `torch.mm` 2048³ at about 126 and 120 GFLOP/s in those runs; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 47 s with `LOWRANK_PROFILE=quick`, 18 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: two notebooks at a time, 158 GFLOP/s; times scale roughly inversely with your machine's rate).
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
@@ -321,7 +321,7 @@ print("max |logit difference| vs PEFT DoRA < 1e-5:", difference < 1e-5)
 # measurement of seed-to-seed noise, the yardstick for the DoRA-LoRA difference.
 
 # %% [markdown]
-# *Long cell*, the longest of this notebook (47 s quick, 23 min full, measured as in the first cell): two training
+# *Long cell*, the longest of this notebook (32 s quick, 17 min full, measured as in the first cell): two training
 # runs, LoRA then DoRA. Interrupting the kernel ends the run
 # in progress and keeps what it trained; the next run then starts.
 

@@ -25,7 +25,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 2½ min with `LOWRANK_PROFILE=quick`, 36 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time; fp32 `torch.mm` 2048³ at about 126 GFLOP/s in both runs; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 1¾ min with `LOWRANK_PROFILE=quick`, 25 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: two notebooks at a time, 158 GFLOP/s; times scale roughly inversely with your machine's rate).
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
@@ -119,7 +119,7 @@ for label, (dm, dd) in synthetic.items():
 # We snapshot the effective query and value matrices of all layers at three intermediate steps and the final step.
 
 # %% [markdown]
-# *Long cell* (73 s quick, 18 min full, measured as in the first cell): three training runs, one after the other. Interrupting the kernel ends the
+# *Long cell* (52 s quick, 14 min full, measured as in the first cell): three training runs, one after the other. Interrupting the kernel ends the
 # run in progress and keeps what it trained (and its snapshots so far); the next run then starts.
 
 # %%
@@ -231,7 +231,7 @@ for kind, per_method in [("query", query_points), ("value", value_points)]:
 # only. (DoRA's runs are repeated under many more conditions in notebook 06.)
 
 # %% [markdown]
-# *Long cell* (61 s quick, 18 min full, measured as in the first cell): two more training runs. Interrupting the kernel ends the run in progress and keeps what it trained.
+# *Long cell* (46 s quick, 11 min full, measured as in the first cell): two more training runs. Interrupting the kernel ends the run in progress and keeps what it trained.
 
 # %%
 query_only = r"\.q_lin$"

@@ -31,7 +31,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 57 s with `LOWRANK_PROFILE=quick`, 4 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time; fp32 `torch.mm` 2048³ at about 126 GFLOP/s in both runs; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 38 s with `LOWRANK_PROFILE=quick`, 2½ min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: two notebooks at a time, 170 GFLOP/s; times scale roughly inversely with your machine's rate).
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
@@ -81,7 +81,7 @@ setup = setup_notebook(load=True, use_device=False)
 profile, base, tokenizer, data = setup.profile, setup.model, setup.tokenizer, setup.data
 
 # %% [markdown]
-# *Long cell* (16 s quick, 77 s full, measured as in the first cell): a short DoRA training run to have an adapter
+# *Long cell* (10 s quick, 56 s full, measured as in the first cell): a short DoRA training run to have an adapter
 # worth saving. Interrupting the kernel keeps what was
 # trained.
 
@@ -178,7 +178,7 @@ except ValueError as error:
 # checkpoint every `every` steps; then the command analyses those checkpoints, and the two must agree.
 
 # %% [markdown]
-# *Long cell* (16 s quick, 2 min full, measured as in the first cell): a 🤗 Trainer run. The Trainer, unlike `lowrank`'s `train`, does not catch an interrupt: interrupting
+# *Long cell* (11 s quick, 63 s full, measured as in the first cell): a 🤗 Trainer run. The Trainer, unlike `lowrank`'s `train`, does not catch an interrupt: interrupting
 # the kernel here stops the notebook.
 
 # %%

@@ -34,7 +34,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 26 s with `LOWRANK_PROFILE=quick`, 35 s with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time; fp32 `torch.mm` 2048³ at about 126 GFLOP/s in both runs; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 21 s with `LOWRANK_PROFILE=quick`, 22 s with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: two notebooks at a time, 150 GFLOP/s; times scale roughly inversely with your machine's rate).
 # The study itself is not re-run here (`make study`).
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.

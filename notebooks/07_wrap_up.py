@@ -19,7 +19,7 @@
 # runs wrote there (the first table names the profile). It prints the headline numbers, sums up each notebook, and
 # ends with a reading list.
 #
-# **Runtime, measured:** 1 s with `LOWRANK_PROFILE=quick`, 1 s with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time; fp32 `torch.mm` 2048³ at about 126 and 146 GFLOP/s in those runs; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 1 s with `LOWRANK_PROFILE=quick`, 1 s with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: two notebooks at a time, 141 GFLOP/s; times scale roughly inversely with your machine's rate).
 
 # %%
 import csv
