@@ -23,7 +23,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 2 min with `LOWRANK_PROFILE=quick`, 36 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: two notebooks at a time, 158 GFLOP/s; times scale roughly inversely with your machine's rate). Before `lowrank.train` ran each batch in length groups (section "The training loop, in the open"), the full run took 43 min in fp32 and 33 min with `LOWRANK_PRECISION=bf16` on a CPU with AMX, side by side (README, "Precision").
+# **Runtime, measured:** 2 min with `LOWRANK_PROFILE=quick`, 36 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: beside another training job on the other core, 158 GFLOP/s; times scale roughly inversely with your machine's rate). Before `lowrank.train` ran each batch in length groups (section "The training loop, in the open"), the full run took 43 min in fp32 and 33 min with `LOWRANK_PRECISION=bf16` on a CPU with AMX, side by side (README, "Precision").
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
@@ -554,7 +554,7 @@ if label_confidence:
 #   random numbers and in float rounding (it ran each batch in one pass, before `lowrank.train` used length groups
 #   and a fused AdamW). There LoRA on all linear layers finished behind both others, behind full fine-tuning with
 #   p < 0.001 (the README's "Precision" section gives that run's accuracies and McNemar lines). Even that did not
-#   survive a change of dropout draws: McNemar's test compares these two *trained models* on this test set, not
+#   survive a change of dropout draws and rounding: McNemar's test compares these two *trained models* on this test set, not
 #   the two *methods*. Choosing each rate on the validation set, and several seeds, would compare methods. A
 #   quick-profile run trains far less and can order the methods differently: read your own table.
 # * **Label noise**: every model scores far higher on tweets whose labellers were sure (confidence 1.0) than on

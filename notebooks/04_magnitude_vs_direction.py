@@ -25,7 +25,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 1¾ min with `LOWRANK_PROFILE=quick`, 25 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: two notebooks at a time, 158 GFLOP/s; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 1¾ min with `LOWRANK_PROFILE=quick`, 25 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: beside another training job on the other core, 158 GFLOP/s; times scale roughly inversely with your machine's rate).
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
@@ -261,15 +261,18 @@ for label, (lr, seed) in variants.items():
 # **LoRA** comes out with a positive slope, as in the paper. But so does full fine-tuning here, so a positive slope
 # alone says little. For LoRA, most of ΔM is one geometric effect: when nothing else acts on a row's norm, a step
 # *perpendicular* to the row still lengthens it (Pythagoras: `‖w + g⊥‖ − ‖w‖ ≈ ‖g⊥‖²/(2‖w‖)`), which is `‖w‖` times
-# its direction change, so magnitude follows direction. For FT that term is a small part (notebook 06, section 4):
+# its direction change, so magnitude follows direction. For FT that term is a small part in runs as short as these
+# (notebook 06, section 4: its short regime; in its long regime it is more than half):
 # its rows also grow or shrink along themselves, and the paper's mean of `|·|` turns those changes into a ΔM that
 # grows with the step size, as ΔD does, so its slope is positive too.
 #
 # **Full fine-tuning and DoRA** do not show the paper's negative slope in the paper's statistic (pooled, query
 # matrices: the table of section 4). DoRA's *value* matrices have a negative slope across layers once the time
-# trend is removed (within checkpoints, same table), even with the little weight decay these runs have (printed
-# below), though with six layers its interval reaches zero. Notebook 06 studies the signs one factor at a time and finds that AdamW's decoupled weight decay at the
-# paper's cumulative strength, read at late checkpoints, produces the paper's signs for FT and, less clearly, DoRA. Decay multiplies
+# trend is removed (within checkpoints, same table), with only the little weight decay these runs have (printed
+# below), though with six layers its intervals cross zero. Notebook 06 studies the signs one factor at a time and finds that AdamW's decoupled weight decay at the
+# paper's cumulative strength, read at late checkpoints, produces the paper's signs in its short regime: for FT in both
+# of its runs, with an interval that excludes zero, and less clearly for DoRA, whose intervals cross zero; in its long
+# regime FT's sign differed between the two runs. Decay multiplies
 # every decayed weight by `(1 − lr·λ)` each step, so what matters is the cumulative `λ·Σlr`. This notebook trains with
 # `train()`'s default λ = 0.01 for a few hundred steps; the paper's 20-epoch runs have far more:
 
@@ -286,9 +289,9 @@ for label, spec in methods.items():
 # norm and leaves its direction alone, while a gradient step of a given size turns a small-norm row more than a large
 # one. In notebook 06's runs at our estimate of the paper's strength, decay makes most of FT's ΔM and of DoRA's (its
 # magnitude vector is decayed too, in the paper's official code) and has no direct term in LoRA's (decay reaches only
-# `A` and `B`, never `W0`'s row norms). Large-norm layers then lose more magnitude and turn less: a negative slope
-# within checkpoints for FT and DoRA in the short regime, in both of notebook 06's runs of its study (FT's intervals
-# exclude zero), and a positive one for LoRA; in the longer regime FT's sign changed between those two runs. Notebook 06 shows which part of each ΔM comes from decay and which from the
+# `A` and `B`, never `W0`'s row norms). In the short regime, large-norm layers then lose more magnitude and turn less:
+# a negative slope within checkpoints for FT and DoRA, in both of notebook 06's runs of its study (FT's intervals
+# exclude zero; DoRA's do not in one of them), and a positive one for LoRA; in the longer regime FT's sign changed between those two runs. Notebook 06 shows which part of each ΔM comes from decay and which from the
 # gradient, and that the pooled number the paper plots also depends on where its checkpoints sit.
 #
 # **DoRA's magnitude, like FT's weights, moves early; LoRA's does not.** The table of medians in section 4 (before
@@ -313,8 +316,8 @@ for label, spec in methods.items():
 #   checkpoints separates them, and intervals must resample whole layers, not points.
 # * Section 4 prints which of the paper's signs this course's runs reproduce, and whether full fine-tuning's
 #   positive sign here persists at another learning rate and seed.
-# * A step perpendicular to a row also lengthens it, which ties ΔM to ΔD for LoRA (for FT, other first-order
-#   changes dominate);
+# * A step perpendicular to a row also lengthens it, which ties ΔM to ΔD for LoRA (for FT in runs as short as
+#   these, other first-order changes dominate);
 #   the cumulative weight decay `λ·Σlr` of these runs is far below the paper's (section 5 prints both).
 #
 # ## Exercises

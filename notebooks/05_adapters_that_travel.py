@@ -31,7 +31,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 38 s with `LOWRANK_PROFILE=quick`, 2½ min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: two notebooks at a time, 170 GFLOP/s; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 38 s with `LOWRANK_PROFILE=quick`, 2½ min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: beside another training job on the other core, 170 GFLOP/s; times scale roughly inversely with your machine's rate).
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line

@@ -34,7 +34,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 21 s with `LOWRANK_PROFILE=quick`, 22 s with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: two notebooks at a time, 150 GFLOP/s; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 21 s with `LOWRANK_PROFILE=quick`, 22 s with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: with the other core idle, 150 GFLOP/s; times scale roughly inversely with your machine's rate).
 # The study itself is not re-run here (`make study`).
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
@@ -391,7 +391,7 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 #   and its slope stayed as positive (+0.93 against +0.89).
 #
 # Limits: six layers per panel (wide intervals), one small model, one task, one seed run twice with different dropout
-# draws. The decay strength was not tuned to match the paper: it is our estimate of the paper's own `λ·Σlr`
+# draws and rounding. The decay strength was not tuned to match the paper: it is our estimate of the paper's own `λ·Σlr`
 # (section 2), good to a factor of about two, and only its cumulative effect `c` matches — each step's decay here is
 # far stronger than the paper's. The paper does not say where its intermediate checkpoints sit; this study shows that
 # the answer changes its pooled number.

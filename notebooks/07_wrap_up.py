@@ -19,7 +19,7 @@
 # runs wrote there (the first table names the profile). It prints the headline numbers, sums up each notebook, and
 # ends with a reading list.
 #
-# **Runtime, measured:** 1 s with `LOWRANK_PROFILE=quick`, 1 s with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: two notebooks at a time, 141 GFLOP/s; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 1 s with `LOWRANK_PROFILE=quick`, 1 s with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: with the other core idle, 141 GFLOP/s; times scale roughly inversely with your machine's rate).
 
 # %%
 import csv
@@ -102,7 +102,7 @@ print(f"\nruns whose row norms were decayed (c < 1): {sum(v < 0 for v in decayed
 #   ways to fine-tune on one budget: the table above is that comparison. Read its accuracy differences with
 #   notebook 02's paired (McNemar) tests: in the committed run LoRA q,v, LoRA on all linear layers and full
 #   fine-tuning cannot be told apart, and the line under the table compares the LoRA chosen on validation with full
-#   fine-tuning. A re-run that changed only dropout's random numbers reordered them (notebook 02, section 3): one run
+#   fine-tuning. A re-run that changed only dropout's random numbers and float rounding reordered them (notebook 02, section 3): one run
 #   ranks trained models, not methods. The gaps in trainable parameters and memory are far larger than any noise.
 # * **03 — DoRA.** The paper's "column" norm is PyTorch's row norm (`dim=1` of `nn.Linear.weight`); DoRA's layer,
 #   its efficient forward, the paper's detached norm and what it saves, the same numbers as PEFT, and a merge that
