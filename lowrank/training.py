@@ -129,8 +129,9 @@ def length_groups(
 
     Rows are sorted by length (``attention_mask``'s sum), cut into consecutive groups of ``size``,
     and each group is cut to its own longest row, so it carries less padding. Yields
-    ``(group, share)``, ``share`` being the group's fraction of the batch's rows: the batch's mean
-    loss is ``sum(share * group mean loss)``, so calling ``backward()`` on each weighted group loss
+    ``(group, share)``, ``share`` being the group's fraction of the batch's rows: for a loss that is a
+    mean over rows (a sequence classifier's), the batch's mean loss is ``sum(share * group mean loss)``,
+    so calling ``backward()`` on each weighted group loss
     accumulates the batch's gradient (equal up to float rounding; dropout draws other numbers, as
     its masks have other shapes). ``size=None``, or one at least the batch's, yields the batch itself.
     """
@@ -154,9 +155,13 @@ def length_groups(
 
 
 def resolve_micro_batch_size(micro_batch_size: int | None | str, device: torch.device) -> int | None:
-    """``"auto"``: :data:`CPU_MICRO_BATCH` on a CPU, ``None`` (whole batches) elsewhere; else unchanged."""
+    """``"auto"``: :data:`CPU_MICRO_BATCH` on a CPU, ``None`` (whole batches) elsewhere; a positive integer
+    or ``None`` unchanged; anything else is refused before any training starts."""
     if micro_batch_size == "auto":
         return CPU_MICRO_BATCH if device.type == "cpu" else None
+    if micro_batch_size is not None and (isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, int)
+                                         or micro_batch_size < 1):
+        raise ValueError(f"micro_batch_size must be 'auto', a positive integer or None, got {micro_batch_size!r}")
     return micro_batch_size
 
 

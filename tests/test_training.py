@@ -181,3 +181,6 @@ def test_micro_batch_size_auto_splits_on_cpu_only():
     assert resolve("auto", torch.device("cpu")) == lowrank.training.CPU_MICRO_BATCH
     assert resolve("auto", torch.device("cuda")) is None
     assert resolve(16, torch.device("cuda")) == 16 and resolve(None, torch.device("cpu")) is None
+    for bad in ("Auto", 0, 2.5, True):
+        with pytest.raises(ValueError, match="'auto', a positive integer or None"):
+            resolve(bad, torch.device("cpu"))
