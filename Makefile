@@ -20,8 +20,9 @@ $(STAMP): requirements.txt
 # Runs the notebooks in order with the full profile, headless, saving outputs into the
 # notebooks and figures into figures/, and prints where the time went (figures/course_times.json).
 # LOWRANK_PROFILE=quick make course: a fast pass written to build/quick/ (committed files untouched).
+# On a multi-core CPU two notebooks run at a time, each on its share of the cores; make course JOBS=1: one at a time.
 course: $(STAMP)
-	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/python tools/run_course.py
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/python tools/run_course.py $(if $(JOBS),--jobs $(JOBS))
 
 # Package tests and every notebook under nbval in the quick profile, offline, one test file or
 # notebook per worker and one worker per core (pytest-xdist), each on one torch thread.
@@ -31,6 +32,7 @@ test: $(STAMP)
 		-n auto --dist loadfile
 
 # The Figure-2 study (notebook 06): 13 training runs, about 65 minutes of training on one core; resumes after Ctrl-C.
+# It trains in fp32 whatever LOWRANK_PRECISION says (lowrank.figure2.STUDY_AUTOCAST): its committed results are fp32.
 study: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m lowrank.figure2 --out figures/
 

@@ -15,6 +15,12 @@ imports, analysis and plotting in the notebook's own cells. The table is printed
 to ``course_times.json`` beside the figures, each notebook with the machine's fp32 ``torch.mm``
 rate and thread count it ran at, so times can be scaled to another machine. Running some notebooks
 updates their entries and keeps the others'.
+
+On a CPU with two or more cores the notebooks run two at a time (``--jobs``), each kernel on its share of
+the cores (``OMP_NUM_THREADS``): the longest waiting notebook starts whenever a lane frees up (times from the
+last report), and a notebook that reads others' results (``NEEDS``) starts after them. Independent training
+runs in two single-thread processes do more per second than one process on two threads, whose small
+matrices split poorly (README, "The two commands"). On a GPU, or with ``--jobs 1``, they run one after another.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import datetime
 from pathlib import Path
 
@@ -38,6 +46,8 @@ from clean_outputs import clean_notebook  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("load model", "load data", "tokenize", "train steps", "evaluate", "snapshot")
+#: Notebooks that read other notebooks' results start only after those have run ("*": all the others).
+NEEDS: dict[str, str | tuple[str, ...]] = {"07_wrap_up.ipynb": "*"}
 
 
 def shown(path: Path) -> Path:
@@ -55,32 +65,28 @@ def cell_seconds(cell: nbformat.NotebookNode) -> float:
     return (parse(end) - parse(start)).total_seconds()
 
 
-def run_notebook(path: Path, out_path: Path, figures: Path | None) -> dict:
-    """Execute ``path`` in a fresh kernel, save it cleaned to ``out_path``, return its timings."""
+def run_notebook(path: Path, out_path: Path, figures: Path | None, threads: int | None = None) -> dict:
+    """Execute ``path`` in a fresh kernel (on ``threads`` torch threads if given), save it cleaned to
+    ``out_path``, return its timings."""
     notebook = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory() as scratch:
         log = Path(scratch) / "phases.json"
-        saved = {name: os.environ.get(name) for name in ("LOWRANK_PHASE_LOG", "LOWRANK_FIGURES")}
-        os.environ["LOWRANK_PHASE_LOG"] = str(log)
+        env = {**os.environ, "LOWRANK_PHASE_LOG": str(log)}  # the kernel's environment; ours is left alone
         if figures is not None:
-            os.environ["LOWRANK_FIGURES"] = str(figures)
+            env["LOWRANK_FIGURES"] = str(figures)
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = str(threads)
         client = NotebookClient(notebook, timeout=None, kernel_name="python3",
                                 resources={"metadata": {"path": str(path.parent)}}, record_timing=True)
         start = time.perf_counter()
         try:
-            client.execute()
+            client.execute(env=env)
         except (CellExecutionError, KeyboardInterrupt):
             failed = ROOT / "build" / "failed" / path.name
             failed.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(notebook, failed)
-            print(f"   stopped: the executed part is in {shown(failed)}; {path.name} is unchanged")
+            print(f"   stopped: the executed part is in {shown(failed)}; {path.name} is unchanged", flush=True)
             raise
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
         total = time.perf_counter() - start
         phases = json.loads(log.read_text()) if log.exists() else {}
     cells = [(cell_seconds(cell), cell.source.strip().splitlines()[0][:70] if cell.source.strip() else "")
@@ -109,14 +115,42 @@ def print_table(timings: dict[str, dict]) -> None:
     print(f"{'all':<44}{total:>9,.0f}" + "".join(f"{v:>13,.0f}" for v in sums))
 
 
+def lanes(jobs: int | None) -> tuple[int, int]:
+    """How many notebooks run at once, and the torch threads each kernel gets (``$OMP_NUM_THREADS`` if
+    set, else an equal share of the cores this process may use)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if jobs is None:
+        import torch
+
+        jobs = 1 if torch.cuda.is_available() else min(2, cores)
+    if jobs < 1:
+        raise SystemExit(f"--jobs must be at least 1, not {jobs}")
+    chosen = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return jobs, int(chosen) if chosen.isdigit() and int(chosen) > 0 else max(1, cores // jobs)
+
+
+def ready(path: Path, waiting: list[Path], running: list[Path]) -> bool:
+    """Whether ``path`` may start: every notebook it reads (``NEEDS``) has finished."""
+    needs = NEEDS.get(path.name, ())
+    others = [p.name for p in waiting + running if p != path]
+    return not others if needs == "*" else not set(needs) & set(others)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/NN_*.ipynb in order")
     parser.add_argument("--scratch", type=Path, default=None,
                         help="write notebooks, figures and the breakdown under this folder, whatever the profile "
                              "(e.g. to compare a full run in another precision with the committed one)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="notebooks run at once, each on cores/jobs torch threads "
+                             "(default: 2 on a CPU with two or more cores, else 1)")
     args = parser.parse_args()
-    notebooks = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    notebooks = [path.resolve() for path in
+                 (args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))]
+    missing = [str(path) for path in notebooks if not path.is_file()]
+    if missing:
+        raise SystemExit(f"no such notebook: {', '.join(missing)}")
     profile = os.environ.get("LOWRANK_PROFILE", "full").strip().lower() or "full"
     if profile == "full" and args.scratch is None:
         out_folder, figures, report = None, None, ROOT / "figures" / "course_times.json"
@@ -125,41 +159,81 @@ def main() -> None:
         out_folder, figures, report = scratch / "notebooks", scratch / "figures", scratch / "course_times.json"
         print(f"profile {profile}: executed notebooks and figures go to {shown(scratch)}/ "
               "(the committed full-profile ones are not touched)")
+    jobs, threads = lanes(args.jobs)
     import torch
 
     from lowrank.settings import bf16_is_fast, precision_name
     from lowrank.timing import matmul_gflops
 
+    torch.set_num_threads(threads)  # the probe runs on one lane's threads
     rate, precision = matmul_gflops(), precision_name()
     bf16_rate = matmul_gflops(torch.bfloat16) if bf16_is_fast("cpu") else None
-    threads = torch.get_num_threads()
     print(f"fp32 torch.mm 2048^3 on this machine: {rate:,.0f} GFLOP/s with {threads} thread(s)"
           + (f"; bf16 {bf16_rate:,.0f}" if bf16_rate else "") + f"; training precision {precision}")
+    print(f"{len(notebooks)} notebook(s), {jobs} at a time, {threads} torch thread(s) each", flush=True)
+    earlier = json.loads(report.read_text()).get("notebooks", {}) if report.exists() else {}
+    expected = {path: earlier.get(path.name, {}).get("seconds", 0.0) for path in notebooks}
     timings: dict[str, dict] = {}
-    for path in notebooks:
-        path = path.resolve()
+    lock = threading.Lock()
+
+    def run_one(path: Path) -> None:
         out_path = path if out_folder is None else out_folder / path.name
-        print(f"== {shown(path)} (profile {profile})", flush=True)
-        timings[path.name] = run_notebook(path, out_path, figures)
-        timings[path.name].update(matmul_gflops_fp32=round(rate), torch_threads=threads, precision=precision,
-                                  matmul_gflops_bf16=round(bf16_rate) if bf16_rate else None,
-                                  cpu=platform.processor() or platform.machine(),
-                                  date=datetime.now().isoformat(timespec="minutes"))
-        write_report(report, profile, {path.name: timings[path.name]})  # after each notebook: a crash keeps it
-        print(f"   done in {timings[path.name]['seconds']:,.0f} s", flush=True)
+        print(f"== {shown(path)} (profile {profile}) starts", flush=True)
+        timing = run_notebook(path, out_path, figures, threads)
+        timing.update(matmul_gflops_fp32=round(rate), torch_threads=threads, notebooks_at_once=jobs,
+                      precision=precision, matmul_gflops_bf16=round(bf16_rate) if bf16_rate else None,
+                      cpu=platform.processor() or platform.machine(),
+                      date=datetime.now().isoformat(timespec="minutes"))
+        with lock:
+            timings[path.name] = timing
+            write_report(report, profile, {path.name: timing})  # after each notebook: a crash keeps it
+        print(f"   {path.name} done in {timing['seconds']:,.0f} s", flush=True)
+
+    waiting, running = list(notebooks), {}  # longest first (last report's times), in order on ties
+    start = time.perf_counter()
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        try:
+            while waiting or running:
+                startable = [p for p in waiting if ready(p, waiting, list(running.values()))]
+                while startable and len(running) < jobs and failure is None:
+                    path = max(startable, key=lambda p: (expected[p], -notebooks.index(p)))
+                    startable.remove(path)
+                    waiting.remove(path)
+                    running[pool.submit(run_one, path)] = path
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    running.pop(future)
+                    if future.exception() is not None and failure is None:
+                        failure = future.exception()  # start nothing new; let the running ones finish
+        except KeyboardInterrupt as interrupt:  # the kernels got the Ctrl-C too: they stop and are saved
+            failure = interrupt
+    wall = time.perf_counter() - start
+    if failure is not None:
+        raise failure
     print_table(timings)
+    print(f"wall time {wall:,.0f} s for {len(timings)} notebook(s), {jobs} at a time "
+          f"(their times add up to {sum(t['seconds'] for t in timings.values()):,.0f} s)")
+    if len(timings) == len(notebooks) > 1:
+        write_report(report, profile, {}, wall={"seconds": round(wall, 1), "notebooks": len(timings),
+                                               "notebooks_at_once": jobs, "torch_threads": threads})
     print(f"breakdown written to {shown(report)}")
 
 
-def write_report(report: Path, profile: str, timings: dict[str, dict]) -> None:
-    """Add ``timings`` to the JSON report, keeping the other notebooks' last measured entries."""
+def write_report(report: Path, profile: str, timings: dict[str, dict], wall: dict | None = None) -> None:
+    """Add ``timings`` to the JSON report, keeping the other notebooks' last measured entries; ``wall``
+    (the last whole run's wall time) replaces the one recorded before."""
     report.parent.mkdir(parents=True, exist_ok=True)
-    merged = json.loads(report.read_text()).get("notebooks", {}) if report.exists() else {}
-    merged.update(timings)
+    before = json.loads(report.read_text()) if report.exists() else {}
+    merged = {**before.get("notebooks", {}), **timings}
     merged = dict(sorted(merged.items()))
-    report.write_text(json.dumps({"profile": profile, "notebooks": merged,
-                                  "total_seconds": round(sum(t["seconds"] for t in merged.values()), 1)},
-                                 indent=1) + "\n")
+    content = {"profile": profile, "notebooks": merged,
+               "total_seconds": round(sum(t["seconds"] for t in merged.values()), 1)}
+    if wall or before.get("last_whole_run"):
+        content["last_whole_run"] = wall or before["last_whole_run"]
+    report.write_text(json.dumps(content, indent=1) + "\n")
 
 
 if __name__ == "__main__":
