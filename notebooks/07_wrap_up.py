@@ -14,7 +14,7 @@
 # %% [markdown]
 # # 07 — Wrap-up: what the course showed, and what to read next
 #
-# This notebook trains nothing. It reads what notebooks 02 and 04 and the study command of notebook 06
+# This notebook trains nothing. It reads what notebooks 02, 03 and 04 and the study command of notebook 06
 # (`python -m lowrank.figure2`) saved in `figures/`: the committed full-profile results, or whatever your own last
 # runs wrote there (the first table names the profile). It prints the headline numbers, sums up each notebook, and
 # ends with a reading list.
@@ -37,7 +37,7 @@ def read_rows(name: str) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-READ = ["02_results.json", "04_points.csv", "06_ablation_runs.json", "06_ablation_correlations.csv"]
+READ = ["02_results.json", "03_results.json", "04_points.csv", "06_ablation_runs.json", "06_ablation_correlations.csv"]
 print("reading", ", ".join(READ), "from the repository's figures/:", all((FIGURES / name).is_file() for name in READ))
 
 # %% [markdown]
@@ -58,6 +58,25 @@ gap = 100 * (full["test accuracy"] - results[best]["test accuracy"])
 print(f"\n{best} (the better LoRA on validation): {abs(gap):.1f} points {'behind' if gap > 0 else 'ahead of'} full fine-tuning, training "
       f"{results[best]['trainable'] / full['trainable']:.1%} of its parameters, with "
       f"{results[best]['step memory MiB'] / full['step memory MiB']:.0%} of its memory per training step")
+
+# %% [markdown]
+# ## DoRA against LoRA, and the yardstick for their difference (notebook 03)
+#
+# Notebook 03 trained LoRA on the query and value matrices again, with the same settings as notebook 02's except
+# the random draw of `A`, and DoRA on the same budget. The gap between the two LoRA runs is one measurement of
+# seed-to-seed noise, the yardstick for DoRA's difference from LoRA:
+
+# %%
+saved_03 = json.loads((FIGURES / "03_results.json").read_text())
+lora_02, lora_03 = results["LoRA q,v r=8"]["test accuracy"], saved_03["results"]["lora"]["test accuracy"]
+dora = saved_03["results"]["dora"]["test accuracy"]
+print(f"notebook 03, {saved_03['profile']} profile: LoRA q,v {lora_03:.1%}, DoRA {dora:.1%} "
+      f"({100 * (dora - lora_03):+.1f} points)")
+if saved_03["profile"] == saved["profile"]:
+    print(f"LoRA q,v in notebook 02: {lora_02:.1%}; the two LoRA runs differ by {100 * abs(lora_02 - lora_03):.1f} "
+          "points, with only the draw of A changed")
+else:
+    print("notebooks 02 and 03 saved results of different profiles: run both in one profile to compare")
 
 # %% [markdown]
 # ## The DoRA paper's Figure 2 on this course's model (notebooks 04 and 06)
