@@ -338,8 +338,10 @@ assert len(hand_losses) == len(helper_losses) == open_steps and loss_gap <= 1e-6
 # `torch.autocast` uses it where it is safe: inside the `with` block, the linear layers' matrix multiplications cast their inputs
 # and weights to bf16 and return bf16, while the **parameters stay fp32** (the "master weights"), their
 # gradients arrive in fp32, and AdamW's moments stay fp32. `LOWRANK_PRECISION` picks what `lowrank.train` does:
-# `fp32` (no autocast), `bf16`, or `auto` (bf16 where the hardware multiplies it fast, else fp32); the first line
-# of this notebook says which ran. Evaluation always runs in fp32.
+# `auto`, the default (bf16 where the hardware multiplies it fast, else fp32), `fp32` (no autocast) or `bf16`; the
+# setup cell's line says which ran. Evaluation always runs in fp32. The default is `auto` because bf16's accuracy
+# differences from fp32 on this notebook's four methods lie inside what re-runs of one precision already move
+# (README, "Precision").
 #
 # Why keep the trained parameters in fp32? bf16's spacing is relative: between 1/256 and 1/128 of a number's size
 # (the next cell prints it just above 1.0), and a change smaller than about half the spacing rounds away. An AdamW
@@ -495,8 +497,13 @@ best_lora = max((label for label in results if label.startswith("LoRA")), key=la
 gap = 100 * (full_accuracy - results[best_lora]["test accuracy"])
 print(f"\nbest LoRA on validation: {best_lora}; on test {abs(gap):.1f} points {'behind' if gap > 0 else 'ahead of'} full fine-tuning "
       f"with {results[best_lora]['trainable'] / results['full fine-tuning']['trainable']:.1%} of its trainable parameters")
+# saved for notebook 07 and tools/compare_runs.py; "test_correct" has one character per test tweet, 1 where the
+# model is right, so another run's models can be compared with these pairwise (McNemar, section 3)
+test_labels = torch.as_tensor(data["test"]["label"])
+test_correct = {label: "".join("1" if right else "0" for right in (logits.argmax(-1) == test_labels).tolist())
+                for label, logits in test_logits.items()}
 with open(figure_path("02_results.json"), "w") as handle:
-    json.dump({"profile": profile.name, "results": results}, handle, indent=1)
+    json.dump({"profile": profile.name, "results": results, "test_correct": test_correct}, handle, indent=1)
 
 # %%
 fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -522,13 +529,12 @@ plt.show()
 # whether those split evenly (`lowrank.comparison.mcnemar`). This is one training seed per method: the test
 # says whether *these* models differ on *this* test set, not how much a re-run with another seed would move
 # them. Notebook 03 re-trains the LoRA q,v configuration with a different random draw of `A`, which gives one
-# measure of that seed-to-seed spread.
+# measure of that seed-to-seed spread (notebook 07 prints it).
 
 # %%
 from lowrank.comparison import mcnemar
 
-labels_test = torch.as_tensor(data["test"]["label"])
-correct = {label: (logits.argmax(-1) == labels_test).tolist() for label, logits in test_logits.items()}  # from section 3
+correct = {label: [right == "1" for right in rights] for label, rights in test_correct.items()}  # from section 3
 for first, second in [("LoRA q,v r=8", "full fine-tuning"), ("LoRA q,v r=8", "LoRA all linear r=8"),
                       ("LoRA all linear r=8", "full fine-tuning"), ("head only", "LoRA q,v r=8")]:
     print(f"{first} vs {second}: {mcnemar(correct[first], correct[second])}")
@@ -606,7 +612,8 @@ print("max |logit difference| < 1e-4:", (before - after).abs().max().item() < 1e
 #   parameters: backprop still runs through the frozen layers below each adapter.
 # * Mixed precision: under `torch.autocast`, the linear layers' matrix multiplications run in bf16 (8 significand bits) while the
 #   parameters, their gradients and AdamW's moments stay fp32; a step gains less than the matmuls alone, and the
-#   losses differ slightly from fp32's. The committed outputs are fp32; the README's "Precision" table compares both.
+#   losses differ slightly from fp32's. The default, `auto`, trains in bf16 where the hardware multiplies it fast
+#   (the setup line says which ran); the README's "Precision" section compares both.
 # * Merging the trained adapters keeps every test prediction.
 #
 # ## Exercises

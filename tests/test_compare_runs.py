@@ -42,3 +42,16 @@ def test_accuracies_differences_and_time_ratios(tmp_path):
 def test_a_folder_without_the_files_says_what_it_needs(tmp_path):
     with pytest.raises(SystemExit, match="no course_times.json"):
         compare_runs.read_json(tmp_path, "course_times.json")
+
+
+def test_saved_correctness_gives_the_paired_test_across_runs():
+    results = {"LoRA q,v r=8": {"test accuracy": 0.5, "validation accuracy": 0.5, "s/step": 1.0}}
+    first = {"results": results, "test_correct": {"LoRA q,v r=8": "1111111111" + "0" * 10}}
+    second = {"results": results, "test_correct": {"LoRA q,v r=8": "0" * 10 + "1111111111"}}
+    rows = compare_runs.accuracy_table(first, second, ("a", "b"))
+    assert rows[0].endswith("only a right | only b right | McNemar p |")
+    assert rows[2].endswith("| 10 | 10 | 1.000 |")  # an even split of the discordant tweets
+    second["test_correct"]["LoRA q,v r=8"] = "1" * 20
+    assert compare_runs.accuracy_table(second, first, ("a", "b"))[2].endswith("| 10 | 0 | 0.002 |")
+    without = compare_runs.accuracy_table({"results": results}, second, ("a", "b"))
+    assert "McNemar" not in without[0]

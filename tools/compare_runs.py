@@ -4,7 +4,8 @@
 
 Each argument is a run's folder from ``tools/run_course.py``: ``figures/`` for the committed run, the
 ``--scratch`` folder for another (files are looked up in the folder, then in its ``figures/``). It reads ``02_results.json`` (test and final
-validation accuracy and median step time per method) and ``course_times.json`` (seconds per notebook
+validation accuracy and median step time per method, and each test tweet's correctness where the run saved it,
+for McNemar's paired test of the two runs' models) and ``course_times.json`` (seconds per notebook
 and phase) from each, and prints Markdown tables: accuracies with their difference in points, and
 times with the ratio second/first, so a change (a precision, a code change) can be read at a glance.
 A notebook missing from one run is shown with a dash.
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from lowrank.comparison import mcnemar
 
 PHASES = ("train steps", "evaluate", "load model", "load data", "tokenize", "snapshot", "other")
 
@@ -32,18 +35,30 @@ def read_json(folder: Path, name: str) -> dict:
 
 
 def accuracy_table(first: dict, second: dict, names: tuple[str, str]) -> list[str]:
-    """Notebook 02's methods: accuracies in both runs and the difference (second - first) in points."""
+    """Notebook 02's methods: accuracies in both runs and the difference (second - first) in points; where both
+    runs saved each test tweet's correctness, McNemar's paired test of the two runs' models."""
     a, b = names
-    rows = [f"| method | test {a} | test {b} | Δ points | validation {a} | validation {b} | s/step {a} | s/step {b} | ratio |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    paired = "test_correct" in first and "test_correct" in second
+    rows = [f"| method | test {a} | test {b} | Δ points | validation {a} | validation {b} | s/step {a} | s/step {b} | ratio |"
+            + (f" only {a} right | only {b} right | McNemar p |" if paired else ""),
+            "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if paired else "")]
     for label, r1 in first["results"].items():
         r2 = second["results"].get(label)
         if r2 is None:
             continue
         val = lambda r: f"{r['validation accuracy']:.1%}" if "validation accuracy" in r else "–"  # noqa: E731
-        rows.append(f"| {label} | {r1['test accuracy']:.1%} | {r2['test accuracy']:.1%} | "
-                    f"{100 * (r2['test accuracy'] - r1['test accuracy']):+.1f} | {val(r1)} | {val(r2)} | "
-                    f"{r1['s/step']:.2f} | {r2['s/step']:.2f} | {r2['s/step'] / r1['s/step']:.2f} |")
+        row = (f"| {label} | {r1['test accuracy']:.1%} | {r2['test accuracy']:.1%} | "
+               f"{100 * (r2['test accuracy'] - r1['test accuracy']):+.1f} | {val(r1)} | {val(r2)} | "
+               f"{r1['s/step']:.2f} | {r2['s/step']:.2f} | {r2['s/step'] / r1['s/step']:.2f} |")
+        if paired:
+            c1, c2 = first["test_correct"].get(label), second["test_correct"].get(label)
+            if c1 is None or c2 is None:
+                row += " – | – | – |"
+            else:
+                test = mcnemar([x == "1" for x in c1], [x == "1" for x in c2])
+                p = "< 0.001" if test.p_value < 0.001 else f"{test.p_value:.3f}"
+                row += f" {test.only_first_right} | {test.only_second_right} | {p} |"
+        rows.append(row)
     return rows
 
 
