@@ -61,6 +61,9 @@ PAPER_RANK = PAPER_ALPHA = 128
 POINTS_FILE = "06_ablation_points.csv"
 MECHANISM_FILE = "06_ablation_mechanism.csv"
 RUNS_FILE = "06_ablation_runs.json"
+#: The study trains in fp32 whatever ``$LOWRANK_PRECISION`` says: its committed results are fp32, and it
+#: changes one factor at a time, precision not among them.
+STUDY_AUTOCAST = None
 
 
 @dataclass(frozen=True)
@@ -254,7 +257,7 @@ def run_one(condition: Condition, method: str, model, data, progress: bool = Tru
                    lr=regime.lr[method], weight_decay=weight_decay, no_decay=no_decay,
                    warmup_fraction=WARMUP_FRACTION, seed=0, snapshot_steps=steps_wanted,
                    snapshot=lambda m: merged_linear_weights(m, PATTERN), progress=progress,
-                   description=f"{condition.name} {method}")
+                   description=f"{condition.name} {method}", autocast_dtype=STUDY_AUTOCAST)
     seconds = time.perf_counter() - start
     if result.interrupted:
         raise KeyboardInterrupt

@@ -88,6 +88,9 @@ def dataset_display_name(name: str | None = None) -> str:
 
 PRECISION_VAR = "LOWRANK_PRECISION"
 PRECISIONS = ("fp32", "bf16", "auto")
+#: bf16 autocast where the hardware multiplies bf16, fp32 elsewhere. Its accuracy differences from fp32 on
+#: notebook 02's four methods lie inside the run-to-run noise measured on re-runs (README, "Precision").
+DEFAULT_PRECISION = "auto"
 
 
 def bf16_is_fast(device: torch.device | str | None = None) -> bool:
@@ -102,8 +105,8 @@ def bf16_is_fast(device: torch.device | str | None = None) -> bool:
 
 
 def training_dtype(device: torch.device | str | None = None) -> torch.dtype | None:
-    """The autocast dtype training runs in, from ``$LOWRANK_PRECISION``: ``fp32`` (default: None, no
-    autocast), ``bf16`` (``torch.bfloat16``), or ``auto`` (bf16 where :func:`bf16_is_fast`, else fp32).
+    """The autocast dtype training runs in, from ``$LOWRANK_PRECISION``: ``auto`` (the default: bf16 where
+    :func:`bf16_is_fast`, else fp32), ``fp32`` (None, no autocast) or ``bf16`` (``torch.bfloat16``).
 
     Only the training forward runs under autocast; weights, adapters, optimizer state and evaluation
     stay fp32 (:func:`lowrank.training.train`).
@@ -113,7 +116,7 @@ def training_dtype(device: torch.device | str | None = None) -> torch.dtype | No
 
 def precision_name(device: torch.device | str | None = None) -> str:
     """``fp32`` or ``bf16``: what ``$LOWRANK_PRECISION`` resolves to on ``device`` (see :func:`training_dtype`)."""
-    name = os.environ.get(PRECISION_VAR, "").strip().lower() or "fp32"
+    name = os.environ.get(PRECISION_VAR, "").strip().lower() or DEFAULT_PRECISION
     if name not in PRECISIONS:
         raise ValueError(f"{PRECISION_VAR}={name!r} is not a precision; use one of {list(PRECISIONS)}")
     if name == "auto":

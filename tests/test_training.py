@@ -7,6 +7,7 @@ from transformers import GPT2Config, GPT2ForSequenceClassification
 
 import lowrank.training
 from lowrank import add_adapters
+from lowrank.settings import bf16_is_fast
 from lowrank.training import accuracy, batches, predict, train
 from tests.helpers import tiny_split
 
@@ -85,9 +86,12 @@ def test_nothing_to_train_is_refused(tiny_model):
         train(tiny_model, tiny_split(), progress=False)
 
 
-@pytest.mark.parametrize("setting, expected", [("", torch.float32), ("fp32", torch.float32), ("bf16", torch.bfloat16)])
+@pytest.mark.parametrize("setting, expected", [("fp32", torch.float32), ("bf16", torch.bfloat16),
+                                               ("", "auto"), ("auto", "auto")])
 def test_precision_setting_decides_the_forward_dtype(tiny_model, monkeypatch, setting, expected):
     monkeypatch.setenv("LOWRANK_PRECISION", setting)
+    if expected == "auto":  # the default: bf16 where the hardware multiplies it, else fp32
+        expected = torch.bfloat16 if bf16_is_fast("cpu") else torch.float32
     model = add_adapters(copy.deepcopy(tiny_model), ["q_lin", "v_lin"], rank=2, alpha=4)
     seen = []
     hook = model.distilbert.transformer.layer[0].attention.q_lin.register_forward_hook(
