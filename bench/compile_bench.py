@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -41,9 +42,9 @@ def main() -> None:
     lora = lowrank.add_adapters(model, TARGETS, method="lora", rank=8, alpha=16)
     steps = {}
     for dtype, name in ((None, "fp32"), (torch.bfloat16, "bf16")):
-        steps[f"eager {name}"] = step_function(copy.deepcopy(lora), batch, dtype)
+        steps[f"eager {name}"] = step_function(copy.deepcopy(lora), itertools.repeat(batch), dtype, None)
         compiled = torch.compile(copy.deepcopy(lora))
-        steps[f"compiled {name}"] = step_function(compiled, batch, dtype)
+        steps[f"compiled {name}"] = step_function(compiled, itertools.repeat(batch), dtype, None)
         start = time.perf_counter()
         steps[f"compiled {name}"]()  # the first call compiles
         print(f"compiling the {name} step took {time.perf_counter() - start:.0f} s", flush=True)

@@ -26,21 +26,7 @@ from lowrank.timing import interleaved_medians, matmul_gflops
 from lowrank.training import batches, length_groups, parameter_groups, tokenize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision_bench import METHODS, build  # noqa: E402
-
-
-def step_function(model: torch.nn.Module, batch_cycle, size: int | None):
-    """One AdamW step (fused) over the next batch, its forward and backward in length groups of ``size``."""
-    optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-6, fused=True)
-    model.train()
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        for group, share in length_groups(next(batch_cycle), size):
-            (model(**group).loss * share).backward()
-        optimizer.step()
-
-    return step
+from precision_bench import METHODS, build, step_function  # noqa: E402
 
 
 def padding_share(all_batches: list[dict], size: int | None) -> float:
@@ -77,7 +63,7 @@ def main() -> None:
         copies = {s: candidate if s is None else build(model, METHODS[method]["targets"]) for s in sizes}
         for copy_ in copies.values():  # one start for all, so they do the same work
             copy_.load_state_dict(candidate.state_dict())
-        functions = {f"{'whole' if s is None else s}": step_function(copies[s], itertools.cycle(all_batches), s)
+        functions = {f"{'whole' if s is None else s}": step_function(copies[s], itertools.cycle(all_batches), None, s)
                      for s in sizes}
         medians = interleaved_medians(functions, rounds=args.rounds)
         base = medians["whole"]

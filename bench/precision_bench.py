@@ -1,7 +1,9 @@
 """bf16 autocast against fp32 for notebook 02's four methods, measured side by side in one run.
 
 Step time: each method's training step in fp32 and under bf16 autocast, interleaved (A B A B ...)
-so that the machine's noise hits both alike; the ratio is what to read. Accuracy: each method
+so that the machine's noise hits both alike; the ratio is what to read. Each step takes the next of the
+same shuffled batches and runs as ``lowrank.train`` runs it on a CPU (length groups, fused AdamW), or on
+whole padded batches with ``--whole-batches``. Accuracy: each method
 trained twice from the same start on the same data order, once per precision, with notebook 02's
 learning rates and the profile's sizes (``LOWRANK_PROFILE``), then compared on the same test set
 with McNemar's exact test (a paired test: same examples).
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -26,7 +30,7 @@ from lowrank.comparison import mcnemar
 from lowrank.notebook import setup_notebook
 from lowrank.settings import bf16_is_fast
 from lowrank.timing import interleaved_medians, matmul_gflops
-from lowrank.training import batches, predict, train
+from lowrank.training import CPU_MICRO_BATCH, batches, length_groups, parameter_groups, predict, train
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_LINEAR = ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"]
@@ -47,15 +51,19 @@ def build(model: torch.nn.Module, targets) -> torch.nn.Module:
     return candidate
 
 
-def step_function(model: torch.nn.Module, batch: dict, dtype: torch.dtype | None):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+def step_function(model: torch.nn.Module, batch_cycle: Iterator[dict], dtype: torch.dtype | None = None,
+                  size: int | None = CPU_MICRO_BATCH):
+    """One training step as ``lowrank.train`` takes it on a CPU: a fused AdamW step over the next batch, whose
+    forward (under bf16 autocast if ``dtype``) and backward run in length groups of ``size`` (None: whole)."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-6, fused=True)
     model.train()
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for group, share in length_groups(next(batch_cycle), size):
+            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = model(**group).loss
+            (loss * share).backward()
         optimizer.step()
 
     return step
@@ -69,6 +77,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
                         help="which of notebook 02's methods (default: all four)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (0: notebook 02's runs)")
+    parser.add_argument("--whole-batches", action="store_true",
+                        help="time whole padded batches (default: length groups, as lowrank.train runs on a CPU)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "precision_results.json", help="where the JSON goes")
     args = parser.parse_args()
     methods = {label: METHODS[label] for label in args.methods}
@@ -79,12 +89,17 @@ def main() -> None:
     rates = {"fp32": matmul_gflops(torch.float32, repeats=6), "bf16": matmul_gflops(torch.bfloat16, repeats=6)}
     print(f"torch.mm 2048^3 with {torch.get_num_threads()} thread(s): fp32 {rates['fp32']:,.0f} GFLOP/s, "
           f"bf16 {rates['bf16']:,.0f} GFLOP/s (hardware bf16: {bf16_is_fast('cpu')})")
-    batch = next(batches(data["train"], profile.batch_size, shuffle=True, seed=0, pad_token_id=setup.tokenizer.pad_token_id))
+    all_batches = list(batches(data["train"], profile.batch_size, shuffle=True, seed=0,
+                               pad_token_id=setup.tokenizer.pad_token_id))
+    size = None if args.whole_batches else CPU_MICRO_BATCH
+    print(f"each step: the next of the profile's shuffled batches of {profile.batch_size}, "
+          + ("whole" if size is None else f"in length groups of {size}"))
     results: dict[str, dict] = {label: {} for label in methods}
     for label, spec in ({} if args.no_timing else methods).items():
         fp32_model, bf16_model = build(model, spec["targets"]), build(model, spec["targets"])
-        medians = interleaved_medians({"fp32": step_function(fp32_model, batch, None),
-                                       "bf16": step_function(bf16_model, batch, torch.bfloat16)}, rounds=args.rounds)
+        medians = interleaved_medians({"fp32": step_function(fp32_model, itertools.cycle(all_batches), None, size),
+                                       "bf16": step_function(bf16_model, itertools.cycle(all_batches), torch.bfloat16,
+                                                             size)}, rounds=args.rounds)
         results[label].update({"fp32 s/step": medians["fp32"], "bf16 s/step": medians["bf16"],
                                "bf16/fp32 step": medians["bf16"] / medians["fp32"]})
         print(f"{label:>20}: step fp32 {medians['fp32']:.3f} s, bf16 {medians['bf16']:.3f} s, "
