@@ -52,7 +52,7 @@ def accuracy_table(first: dict, second: dict, names: tuple[str, str]) -> list[st
                f"{r1['s/step']:.2f} | {r2['s/step']:.2f} | {r2['s/step'] / r1['s/step']:.2f} |")
         if paired:
             c1, c2 = first["test_correct"].get(label), second["test_correct"].get(label)
-            if c1 is None or c2 is None:
+            if c1 is None or c2 is None or len(c1) != len(c2):  # e.g. a quick run's 256 test tweets against 1,000
                 row += " – | – | – |"
             else:
                 test = mcnemar([x == "1" for x in c1], [x == "1" for x in c2])

@@ -1,4 +1,4 @@
-"""Run the course's notebooks in order and say where the time went (`make course`).
+"""Run the course's notebooks, two at a time on a multi-core CPU, and say where the time went (`make course`).
 
     python tools/run_course.py [notebooks/02_lora_on_distilbert.ipynb ...] [--scratch build/fp32]
 
@@ -18,9 +18,11 @@ updates their entries and keeps the others'.
 
 On a CPU with two or more cores the notebooks run two at a time (``--jobs``), each kernel on its share of
 the cores (``OMP_NUM_THREADS``): the longest waiting notebook starts whenever a lane frees up (times from the
-last report), and a notebook that reads others' results (``NEEDS``) starts after them. Independent training
-runs in two single-thread processes do more per second than one process on two threads, whose small
-matrices split poorly (README, "The two commands"). On a GPU, or with ``--jobs 1``, they run one after another.
+last report; file order without one), and a notebook that reads others' results (``NEEDS``) starts after them.
+Two single-thread processes training independently do more per second than one process on two threads,
+whose small matrices split poorly (README, "The two commands"). On a GPU, or with ``--jobs 1``, they run one
+after another on torch's default threads. Ctrl-C stops the kernels; each stopped notebook's executed part is
+saved under ``build/failed/``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import threading
@@ -39,7 +42,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, DeadKernelError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clean_outputs import clean_notebook  # noqa: E402
@@ -47,7 +50,9 @@ from clean_outputs import clean_notebook  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("load model", "load data", "tokenize", "train steps", "evaluate", "snapshot")
 #: Notebooks that read other notebooks' results start only after those have run ("*": all the others).
-NEEDS: dict[str, str | tuple[str, ...]] = {"07_wrap_up.ipynb": "*"}
+NEEDS: dict[str, tuple[str, ...] | str] = {"07_wrap_up.ipynb": "*"}
+LIVE: dict[str, NotebookClient] = {}  # the kernels running now, by notebook, so that Ctrl-C can stop them
+LIVE_LOCK = threading.Lock()
 
 
 def shown(path: Path) -> Path:
@@ -79,14 +84,20 @@ def run_notebook(path: Path, out_path: Path, figures: Path | None, threads: int 
         client = NotebookClient(notebook, timeout=None, kernel_name="python3",
                                 resources={"metadata": {"path": str(path.parent)}}, record_timing=True)
         start = time.perf_counter()
+        with LIVE_LOCK:
+            LIVE[path.name] = client
         try:
             client.execute(env=env)
-        except (CellExecutionError, KeyboardInterrupt):
+        except (CellExecutionError, DeadKernelError, KeyboardInterrupt):
             failed = ROOT / "build" / "failed" / path.name
             failed.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(notebook, failed)
-            print(f"   stopped: the executed part is in {shown(failed)}; {path.name} is unchanged", flush=True)
+            print(f"   {path.name} stopped: the executed part is in {shown(failed)}; {path.name} is unchanged",
+                  flush=True)
             raise
+        finally:
+            with LIVE_LOCK:
+                LIVE.pop(path.name, None)
         total = time.perf_counter() - start
         phases = json.loads(log.read_text()) if log.exists() else {}
     cells = [(cell_seconds(cell), cell.source.strip().splitlines()[0][:70] if cell.source.strip() else "")
@@ -115,23 +126,44 @@ def print_table(timings: dict[str, dict]) -> None:
     print(f"{'all':<44}{total:>9,.0f}" + "".join(f"{v:>13,.0f}" for v in sums))
 
 
-def lanes(jobs: int | None) -> tuple[int, int]:
-    """How many notebooks run at once, and the torch threads each kernel gets (``$OMP_NUM_THREADS`` if
-    set, else an equal share of the cores this process may use)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if jobs is None:
-        import torch
+def lanes(jobs: int | None) -> tuple[int, int | None]:
+    """How many notebooks run at once, and the torch threads each kernel gets: ``$OMP_NUM_THREADS`` if set,
+    else an equal share of torch's default thread count (its count of cores), or None (torch's default)
+    when they run one at a time."""
+    import torch
 
+    cores = torch.get_num_threads()
+    if jobs is None:
         jobs = 1 if torch.cuda.is_available() else min(2, cores)
     if jobs < 1:
         raise SystemExit(f"--jobs must be at least 1, not {jobs}")
     chosen = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return jobs, int(chosen) if chosen.isdigit() and int(chosen) > 0 else max(1, cores // jobs)
+    if chosen.isdigit() and int(chosen) > 0:
+        return jobs, int(chosen)
+    return jobs, (None if jobs == 1 else max(1, cores // jobs))
+
+
+def stop_kernels() -> None:
+    """End every running kernel (their process groups: the kernels run in sessions of their own, so a Ctrl-C
+    in the terminal does not reach them)."""
+    with LIVE_LOCK:
+        clients = list(LIVE.values())
+    for client in clients:
+        provisioner = getattr(client.km, "provisioner", None)
+        process = getattr(provisioner, "process", None)
+        try:
+            if getattr(provisioner, "pgid", None):
+                os.killpg(provisioner.pgid, signal.SIGTERM)
+            elif process is not None:
+                process.terminate()
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def ready(path: Path, waiting: list[Path], running: list[Path]) -> bool:
     """Whether ``path`` may start: every notebook it reads (``NEEDS``) has finished."""
     needs = NEEDS.get(path.name, ())
+    needs = (needs,) if isinstance(needs, str) and needs != "*" else needs
     others = [p.name for p in waiting + running if p != path]
     return not others if needs == "*" else not set(needs) & set(others)
 
@@ -144,10 +176,10 @@ def main() -> None:
                              "(e.g. to compare a full run in another precision with the committed one)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="notebooks run at once, each on cores/jobs torch threads "
-                             "(default: 2 on a CPU with two or more cores, else 1)")
+                             "(default: 2 on a CPU with two or more cores; 1 on one core or with a GPU)")
     args = parser.parse_args()
-    notebooks = [path.resolve() for path in
-                 (args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))]
+    notebooks = list(dict.fromkeys(path.resolve() for path in  # each once
+                                   (args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))))
     missing = [str(path) for path in notebooks if not path.is_file()]
     if missing:
         raise SystemExit(f"no such notebook: {', '.join(missing)}")
@@ -165,7 +197,9 @@ def main() -> None:
     from lowrank.settings import bf16_is_fast, precision_name
     from lowrank.timing import matmul_gflops
 
-    torch.set_num_threads(threads)  # the probe runs on one lane's threads
+    if threads is not None:
+        torch.set_num_threads(threads)  # the probe runs on one notebook's threads
+    threads = torch.get_num_threads()
     rate, precision = matmul_gflops(), precision_name()
     bf16_rate = matmul_gflops(torch.bfloat16) if bf16_is_fast("cpu") else None
     print(f"fp32 torch.mm 2048^3 on this machine: {rate:,.0f} GFLOP/s with {threads} thread(s)"
@@ -179,7 +213,7 @@ def main() -> None:
     def run_one(path: Path) -> None:
         out_path = path if out_folder is None else out_folder / path.name
         print(f"== {shown(path)} (profile {profile}) starts", flush=True)
-        timing = run_notebook(path, out_path, figures, threads)
+        timing = run_notebook(path, out_path, figures, threads if jobs > 1 else None)
         timing.update(matmul_gflops_fp32=round(rate), torch_threads=threads, notebooks_at_once=jobs,
                       precision=precision, matmul_gflops_bf16=round(bf16_rate) if bf16_rate else None,
                       cpu=platform.processor() or platform.machine(),
@@ -189,7 +223,7 @@ def main() -> None:
             write_report(report, profile, {path.name: timing})  # after each notebook: a crash keeps it
         print(f"   {path.name} done in {timing['seconds']:,.0f} s", flush=True)
 
-    waiting, running = list(notebooks), {}  # longest first (last report's times), in order on ties
+    waiting, running = list(notebooks), {}  # longest first (last report's times), in file order on ties
     start = time.perf_counter()
     failure: BaseException | None = None
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -205,18 +239,28 @@ def main() -> None:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    running.pop(future)
+                    path = running.pop(future)
                     if future.exception() is not None and failure is None:
                         failure = future.exception()  # start nothing new; let the running ones finish
-        except KeyboardInterrupt as interrupt:  # the kernels got the Ctrl-C too: they stop and are saved
+                        if running:
+                            print(f"   {path.name} failed; waiting for "
+                                  f"{', '.join(p.name for p in running.values())} to finish", flush=True)
+        except KeyboardInterrupt as interrupt:
             failure = interrupt
+            print("\ninterrupted: stopping the running kernels", flush=True)
+            stop_kernels()
+            pool.shutdown(wait=True, cancel_futures=True)
     wall = time.perf_counter() - start
+    if waiting:
+        print(f"not run: {', '.join(p.name for p in waiting)}", flush=True)
     if failure is not None:
         raise failure
-    print_table(timings)
+    if waiting:
+        raise SystemExit("these notebooks wait for each other (NEEDS); nothing was left to run them after")
+    print_table({path.name: timings[path.name] for path in notebooks})
     print(f"wall time {wall:,.0f} s for {len(timings)} notebook(s), {jobs} at a time "
           f"(their times add up to {sum(t['seconds'] for t in timings.values()):,.0f} s)")
-    if len(timings) == len(notebooks) > 1:
+    if not args.notebooks:  # the whole course
         write_report(report, profile, {}, wall={"seconds": round(wall, 1), "notebooks": len(timings),
                                                "notebooks_at_once": jobs, "torch_threads": threads})
     print(f"breakdown written to {shown(report)}")
@@ -233,7 +277,9 @@ def write_report(report: Path, profile: str, timings: dict[str, dict], wall: dic
                "total_seconds": round(sum(t["seconds"] for t in merged.values()), 1)}
     if wall or before.get("last_whole_run"):
         content["last_whole_run"] = wall or before["last_whole_run"]
-    report.write_text(json.dumps(content, indent=1) + "\n")
+    partial = report.with_suffix(".partial")  # replaced in one step: a crash never leaves half a report
+    partial.write_text(json.dumps(content, indent=1) + "\n")
+    os.replace(partial, report)
 
 
 if __name__ == "__main__":
