@@ -8,7 +8,7 @@ the machine's noise hits all alike, and prints each median's ratio to the whole 
 the optimizer step alone, fused against the loop, for full fine-tuning (the one method whose optimizer
 step is large), and prints how much of a batch is padding.
 
-    python bench/micro_batch_bench.py [--batch-size 32] [--sizes 16 8 4] [--rounds 12] [--threads 1]
+    python bench/micro_batch_bench.py [--batch-size 32] [--sizes 16 8 4] [--rounds 12] [--threads 1] [--precision bf16]
 """
 
 from __future__ import annotations
@@ -45,15 +45,18 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 8, 4], help="group sizes to compare")
     parser.add_argument("--rounds", type=int, default=12, help="interleaved timing rounds per method")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="the forward's dtype in every contender (bf16: under autocast)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
     torch.manual_seed(0)
     model, tokenizer = lowrank.load_backbone(backbone_name())
     data = tokenize(lowrank.load_sentiment(dataset_name(), train_size=8000), tokenizer)
     all_batches = list(batches(data["train"], args.batch_size, shuffle=True, seed=0,
                                pad_token_id=tokenizer.pad_token_id))
-    print(f"{torch.get_num_threads()} thread(s), fp32 torch.mm {matmul_gflops():.0f} GFLOP/s; "
+    print(f"{torch.get_num_threads()} thread(s), fp32 torch.mm {matmul_gflops():.0f} GFLOP/s, training in {args.precision}; "
           f"batch {args.batch_size}, {len(all_batches)} shuffled batches of the training split")
     sizes: list[int | None] = [None, *args.sizes]
     print("padding share of the computed tokens: " + ", ".join(
@@ -63,7 +66,7 @@ def main() -> None:
         copies = {s: candidate if s is None else build(model, METHODS[method]["targets"]) for s in sizes}
         for copy_ in copies.values():  # one start for all, so they do the same work
             copy_.load_state_dict(candidate.state_dict())
-        functions = {f"{'whole' if s is None else s}": step_function(copies[s], itertools.cycle(all_batches), None, s)
+        functions = {f"{'whole' if s is None else s}": step_function(copies[s], itertools.cycle(all_batches), dtype, s)
                      for s in sizes}
         medians = interleaved_medians(functions, rounds=args.rounds)
         base = medians["whole"]
