@@ -383,7 +383,9 @@ layer.zero_grad(set_to_none=True)
 # %% [markdown]
 # What bf16 buys, and what it changes: the same LoRA q,v training steps from the same start, in fp32 and under
 # bf16 autocast, alternated (fp32, bf16, fp32, …) so that the machine's noise hits both alike (20 to 40 seconds in either
-# profile on one core; on a machine without fast bf16, bf16 is emulated and *slower*).
+# profile on one core; on a machine without fast bf16, bf16 is emulated and *slower*). Each step runs as
+# `lowrank.train` runs it on a CPU: in length groups of 8 in fp32, of 16 under bf16 (`CPU_MICRO_BATCH_BF16`:
+# bf16's faster matrix products leave the per-pass overhead a larger share, so fewer, larger passes win).
 
 # %%
 from lowrank.timing import interleaved_medians
@@ -393,10 +395,9 @@ timing_batch = next(batches(data["train"], profile.batch_size, shuffle=True, see
                             pad_token_id=tokenizer.pad_token_id))
 timed = copy.deepcopy(start).train()
 timed_optimizer = torch.optim.AdamW(parameter_groups(timed, 0.01), lr=2e-3, fused=True)
-group_size = resolve_micro_batch_size("auto", device)  # as lowrank.train: groups on a CPU
-
-
 def one_step(dtype):
+    group_size = resolve_micro_batch_size("auto", device, dtype)  # as lowrank.train: groups on a CPU (16 in bf16)
+
     def step():
         timed_optimizer.zero_grad(set_to_none=True)
         for rows, share in length_groups(timing_batch, group_size):

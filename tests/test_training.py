@@ -171,8 +171,8 @@ def test_micro_batches_train_like_whole_batches(tiny_model):
     runs = {}
     for size in (None, 3):
         model = copy.deepcopy(start)
-        runs[size] = (train(model, data, epochs=2, batch_size=8, lr=1e-2, progress=False, micro_batch_size=size),
-                      model)
+        runs[size] = (train(model, data, epochs=2, batch_size=8, lr=1e-2, progress=False, micro_batch_size=size,
+                            autocast_dtype=None), model)  # fp32: the comparison is of the maths, not of bf16 rounding
     (whole, whole_model), (micro, micro_model) = runs[None], runs[3]
     assert micro.steps == whole.steps == 6
     assert micro.losses == pytest.approx(whole.losses, abs=1e-5)
@@ -183,6 +183,7 @@ def test_micro_batches_train_like_whole_batches(tiny_model):
 def test_micro_batch_size_auto_splits_on_cpu_only():
     resolve = lowrank.training.resolve_micro_batch_size
     assert resolve("auto", torch.device("cpu")) == lowrank.training.CPU_MICRO_BATCH
+    assert resolve("auto", torch.device("cpu"), torch.bfloat16) == lowrank.training.CPU_MICRO_BATCH_BF16
     assert resolve("auto", torch.device("cuda")) is None
     assert resolve(16, torch.device("cuda")) == 16 and resolve(None, torch.device("cpu")) is None
     for bad in ("Auto", 0, 2.5, True):
