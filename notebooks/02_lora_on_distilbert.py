@@ -242,9 +242,10 @@ for label, toggles in configurations.items():
 # 5. **The same start and order**: `seed_everything(seed)` fixes dropout's random numbers, and
 #    `batches(..., shuffle=True, seed=seed + epoch)` shuffles with its own generator.
 # 6. **Less padding** (on a CPU): a shuffled batch is padded to its longest tweet, and a CPU's time grows with every
-#    token it computes, padding included. So the loop runs each batch as groups of `CPU_MICRO_BATCH` tweets of
-#    similar length, each group cut to its own longest tweet (`lowrank.training.length_groups`), weights each
-#    group's mean loss by its share of the batch, and calls `backward()` per group: the gradients add up to the
+#    token it computes, padding included. So the loop runs each batch as groups of `CPU_MICRO_BATCH` tweets (8; the
+#    loop here is fp32, and `lowrank.train` uses 16, `CPU_MICRO_BATCH_BF16`, under bf16 autocast) of similar
+#    length, each group cut to its own longest tweet (`lowrank.training.length_groups`), weights each group's mean
+#    loss by its share of the batch, and calls `backward()` per group: the gradients add up to the
 #    whole batch's, and the optimiser still steps once per batch. Same batches, same order, and for given dropout
 #    masks the same gradient up to float rounding; but dropout draws other masks (they have other shapes), so a run
 #    differs from a whole-batch run as a re-run with other random numbers would. On a GPU, where padding is nearly
@@ -426,8 +427,9 @@ print("loss, bf16:", ", ".join(f"{loss:.6f}" for loss in losses[torch.bfloat16])
 # CPU, GELU and the feed-forward dropout run in bf16 on a matmul's bf16 output; attention (its two matrix
 # multiplications, softmax and dropout) runs inside PyTorch's `scaled_dot_product_attention`, whose CPU fallback,
 # used whenever dropout is on, computes in fp32; layer norm runs in fp32 on the fp32 residual sum, the optimizer
-# outside autocast; none gains much. **The losses differ slightly:** bf16 rounds each linear layer's inputs and
-# output, so even the first loss differs (before any update); after that the two runs update from slightly
+# outside autocast; none gains much. **The losses differ:** under bf16 `lowrank.train` runs groups of 16 tweets, not
+# 8, so dropout draws other masks (they have other shapes) from the first step on, and bf16 also rounds each linear
+# layer's inputs and output; so even the first loss differs, before any update. After that the two runs update from
 # different gradients, so their weights differ too, and over hundreds of steps that can add up. Whether that matters is an empirical question, measured for this course by training every
 # method of the next section both ways, in one sitting (the README's "Precision" table); the committed outputs use
 # the precision named in the first printed line.
@@ -444,8 +446,8 @@ print("loss, bf16:", ", ".join(f"{loss:.6f}" for loss in losses[torch.bfloat16])
 # and the memory one training step holds (activations saved for backward plus gradients and AdamW state;
 # `lowrank.memory` explains how it is counted on a CPU; it is measured on one batch of 32 tweets in a single pass,
 # without autocast, whatever the precision). On a CPU, `lowrank.train`'s length groups hold the activations of only 8
-# tweets at a time, each group cut to its own length, so training holds less than this column: the activation
-# part shrinks, the gradients and AdamW state do not.
+# tweets at a time in fp32, 16 under bf16 autocast, each group cut to its own length, so training holds less than
+# this column: the activation part shrinks, the gradients and AdamW state do not.
 
 # %% [markdown]
 # *Long cell*, the longest of this notebook (84 s quick, 35 min full, measured as in the first cell): four training
@@ -556,20 +558,22 @@ if label_confidence:
 #   the adapter parameters in the table, well under 1 % of the model (the rest of "trainable" is the head). The
 #   "best LoRA" line names the one that finished ahead on the *validation* set (the `val acc` column): the LoRA to
 #   carry on with is chosen on validation data, as any choice must be, whatever the test set shows afterwards.
-# * **One run decides little.** Each method trained once, with one seed and one learning rate fixed in advance. The
-#   previous committed run of this notebook had the same data, order, seed and settings; it differed in dropout's
-#   random numbers and in float rounding (it ran each batch in one pass, before `lowrank.train` used length groups
-#   and a fused AdamW). There LoRA on all linear layers finished behind both others, behind full fine-tuning with
-#   p < 0.001 (the README's "Precision" section gives that run's accuracies and McNemar lines). Even that did not
-#   survive a change of dropout draws and rounding: McNemar's test compares these two *trained models* on this test set, not
-#   the two *methods*. Choosing each rate on the validation set, and several seeds, would compare methods. A
+# * **One run decides little.** Each method trained once, with one seed and one learning rate fixed in advance.
+#   Two earlier committed runs of this notebook had the same data, order, seed and settings and differed only in
+#   dropout's random numbers and float rounding: the first trained in fp32 on whole batches, the second in fp32 in
+#   length groups of 8 (this one: bf16, groups of 16). In the first, LoRA on all linear layers finished behind both
+#   others, behind full fine-tuning with p < 0.001; in the second no pair of the three differed (p = 0.576, 0.888,
+#   0.766), with full fine-tuning ahead of all-linear on test; here all-linear is ahead (the README's "Precision"
+#   section gives those runs' accuracies and McNemar lines). A p < 0.001 did not survive a change of dropout draws
+#   and rounding: McNemar's test compares these two *trained models* on this test set, not the two *methods*. Choosing each rate on the validation set, and several seeds, would compare methods. A
 #   quick-profile run trains far less and can order the methods differently: read your own table.
 # * **Label noise**: every model scores far higher on tweets whose labellers were sure (confidence 1.0) than on
 #   those below 0.7. Low-confidence tweets are ambiguous or mislabelled (this run cannot tell which); they pull every
 #   model's accuracy down, though even on sure labels no model is perfect. Differences of a point between methods
 #   should not be over-read.
-# * **Cost**: full fine-tuning holds the most memory per step (the `step mem` column); the extra is its gradients and
-#   AdamW's two moments, three fp32 copies of its 22.7 M parameters. Step times on a CPU are dominated by the frozen backbone's forward
+# * **Cost**: full fine-tuning holds the most memory per step (the `step mem` column); most of the extra is its
+#   gradients and AdamW's two moments, three fp32 copies of its 22.7 M parameters, and the rest is activations kept
+#   for the weight gradients of layers that LoRA leaves frozen. Step times on a CPU are dominated by the frozen backbone's forward
 #   and backward (LoRA still backpropagates *through* every layer below an adapter), so LoRA saves far less time
 #   than parameters (the `s/step` column).
 #

@@ -347,9 +347,10 @@ with open(figure_path("03_results.json"), "w") as handle:  # notebook 07 compare
 
 # %% [markdown]
 # The table holds what this run measured; the step-time ratio is as noisy as the machine (the two runs are not
-# interleaved), so it is no measure of DoRA's cost: `make bench` times them side by side. The paper's gains are on larger models and longer training, and the sign
-# of a one-point difference on 1,000 test tweets (the full profile) is within noise: a 95 % interval on an accuracy
-# near 90 % is about ±2 points (about ±4 on the quick profile's 256).
+# interleaved), so it is no measure of DoRA's cost: `make bench` times them side by side. The paper's gains are on larger models and longer training. Here the
+# two differ by under a point in the committed run (DoRA below LoRA), and on 1,000 test tweets (the full profile) a
+# difference that small is within noise in either direction: a 95 % interval on an accuracy near 90 % is about
+# ±2 points (about ±4 on the quick profile's 256), and notebook 07 sets it beside the gap between two LoRA runs.
 #
 # ## 6. Merge DoRA, and check nothing changed
 

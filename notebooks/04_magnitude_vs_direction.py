@@ -268,8 +268,9 @@ for label, (lr, seed) in variants.items():
 #
 # **Full fine-tuning and DoRA** do not show the paper's negative slope in the paper's statistic (pooled, query
 # matrices: the table of section 4). DoRA's *value* matrices have a negative slope across layers once the time
-# trend is removed (within checkpoints, same table), with only the little weight decay these runs have (printed
-# below), though with six layers its intervals cross zero. Notebook 06 studies the signs one factor at a time and finds that AdamW's decoupled weight decay at the
+# trend is removed (within checkpoints, same table; in the committed run both its intervals exclude zero, while
+# DoRA's query matrices show no such slope), with only the little weight decay these runs have (printed below);
+# with six layers every such interval is rough (section 4). Notebook 06 studies the signs one factor at a time and finds that AdamW's decoupled weight decay at the
 # paper's cumulative strength, read at late checkpoints, produces the paper's signs in its short regime: for FT in both
 # of its runs, with an interval that excludes zero, and less clearly for DoRA, whose intervals cross zero; in its long
 # regime FT's sign differed between the two runs. Decay multiplies
@@ -298,7 +299,8 @@ for label, spec in methods.items():
 # the learning-rate and seed check) shows how much of each method's final ΔM and ΔD is already there at the first
 # checkpoint. Adam trains DoRA's `m` (and FT's weights) directly: each entry can move by up to about the
 # learning rate per step, from the first step. Its direction changes only as the low-rank update `B·A` grows from
-# zero, and ΔD grows with the *square* of the angle, so an early ΔD fraction is small even when the angle is not.
+# zero, and ΔD grows with the *square* of the angle, so an early ΔD fraction is smaller than the ΔM fraction even
+# when the angle is not small.
 #
 # Our setting still differs from the paper's in ways the study cannot remove: a 22.7 M-parameter (notebook 02) sentence-embedding
 # model read through its first token instead of VL-BART, one binary tweet task instead of multi-task

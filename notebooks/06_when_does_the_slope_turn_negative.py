@@ -169,7 +169,8 @@ for key, run in runs.items():
 
 # %% [markdown]
 # The same machinery, live: a 12-step version of one condition (DoRA with the paper's decay), written to a
-# temporary folder. Its points are far too few to mean anything; they show what one run records.
+# temporary folder. Its points are far too few to mean anything; they show what one run records. Like the study, it
+# trains in fp32 whatever the setup line's precision says (`figure2.STUDY_AUTOCAST`: the committed study is fp32).
 
 # %%
 scratch = Path(tempfile.mkdtemp(prefix="lowrank-figure2-"))
