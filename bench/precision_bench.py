@@ -2,8 +2,8 @@
 
 Step time: each method's training step in fp32 and under bf16 autocast, interleaved (A B A B ...)
 so that the machine's noise hits both alike; the ratio is what to read. Each step takes the next of the
-same shuffled batches and runs as ``lowrank.train`` runs it on a CPU (length groups, fused AdamW), or on
-whole padded batches with ``--whole-batches``. Accuracy: each method
+same shuffled batches and runs as ``lowrank.train`` runs it on a CPU (length groups: 8 rows in fp32, 16 under
+bf16; fused AdamW), or on whole padded batches with ``--whole-batches``. Accuracy: each method
 trained twice from the same start on the same data order, once per precision, with notebook 02's
 learning rates and the profile's sizes (``LOWRANK_PROFILE``), then compared on the same test set
 with McNemar's exact test (a paired test: same examples).
@@ -30,7 +30,8 @@ from lowrank.comparison import mcnemar
 from lowrank.notebook import setup_notebook
 from lowrank.settings import bf16_is_fast
 from lowrank.timing import interleaved_medians, matmul_gflops
-from lowrank.training import CPU_MICRO_BATCH, batches, length_groups, parameter_groups, predict, train
+from lowrank.training import (CPU_MICRO_BATCH, batches, length_groups, parameter_groups, predict,
+                              resolve_micro_batch_size, train)
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_LINEAR = ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"]
@@ -91,15 +92,17 @@ def main() -> None:
           f"bf16 {rates['bf16']:,.0f} GFLOP/s (hardware bf16: {bf16_is_fast('cpu')})")
     all_batches = list(batches(data["train"], profile.batch_size, shuffle=True, seed=0,
                                pad_token_id=setup.tokenizer.pad_token_id))
-    size = None if args.whole_batches else CPU_MICRO_BATCH
+    sizes = {name: None if args.whole_batches else resolve_micro_batch_size("auto", setup.device, dtype)
+             for name, dtype in (("fp32", None), ("bf16", torch.bfloat16))}  # as train: 8 rows in fp32, 16 in bf16
     print(f"each step: the next of the profile's shuffled batches of {profile.batch_size}, "
-          + ("whole" if size is None else f"in length groups of {size}"))
+          + ("whole" if args.whole_batches else f"in length groups of {sizes['fp32']} (fp32) and {sizes['bf16']} (bf16)"))
     results: dict[str, dict] = {label: {} for label in methods}
     for label, spec in ({} if args.no_timing else methods).items():
         fp32_model, bf16_model = build(model, spec["targets"]), build(model, spec["targets"])
-        medians = interleaved_medians({"fp32": step_function(fp32_model, itertools.cycle(all_batches), None, size),
+        medians = interleaved_medians({"fp32": step_function(fp32_model, itertools.cycle(all_batches), None,
+                                                             sizes["fp32"]),
                                        "bf16": step_function(bf16_model, itertools.cycle(all_batches), torch.bfloat16,
-                                                             size)}, rounds=args.rounds)
+                                                             sizes["bf16"])}, rounds=args.rounds)
         results[label].update({"fp32 s/step": medians["fp32"], "bf16 s/step": medians["bf16"],
                                "bf16/fp32 step": medians["bf16"] / medians["fp32"]})
         print(f"{label:>20}: step fp32 {medians['fp32']:.3f} s, bf16 {medians['bf16']:.3f} s, "

@@ -29,7 +29,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 24 s with `LOWRANK_PROFILE=quick`, 2 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: beside another training job on the other core, 170 GFLOP/s; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 28 s with `LOWRANK_PROFILE=quick`, 1½ min with `full`, on a 2-core machine whose CPU has AMX, so training ran in bf16 (the default, `LOWRANK_PRECISION=auto`: bf16 where the hardware multiplies it, else fp32). Both were measured two notebooks at a time, one torch thread each: quick under `make test` (fp32 `torch.mm` 2048³ at about 125–150 GFLOP/s per thread), full under `make course` (163 GFLOP/s per thread). Times scale roughly inversely with your machine's rate. In fp32 (`LOWRANK_PRECISION=fp32`, or a CPU without bf16 hardware) the previous full run took 2 min on one thread.
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
@@ -89,7 +89,7 @@ profile, model, tokenizer, data = setup.profile, setup.model, setup.tokenizer, s
 # query matrix, `W_0` itself, and a random matrix of the same shape.
 
 # %% [markdown]
-# *Long cell*, the longest of this notebook (9 s quick, 77 s full, measured as in the first cell); interrupting the kernel keeps what was trained.
+# *Long cell* (7 s quick, 48 s full, measured as in the first cell); interrupting the kernel keeps what was trained.
 
 # %%
 queries = [name for name, _ in model.named_modules() if name.endswith("q_lin")]

@@ -23,7 +23,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 2 min with `LOWRANK_PROFILE=quick`, 36 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: beside another training job on the other core, 158 GFLOP/s; times scale roughly inversely with your machine's rate). Before `lowrank.train` ran each batch in length groups (section "The training loop, in the open"), the full run took 43 min in fp32 and 33 min with `LOWRANK_PRECISION=bf16` on a CPU with AMX, side by side (README, "Precision").
+# **Runtime, measured:** 2 min with `LOWRANK_PROFILE=quick`, 22 min with `full`, on a 2-core machine whose CPU has AMX, so training ran in bf16 (the default, `LOWRANK_PRECISION=auto`: bf16 where the hardware multiplies it, else fp32). Both were measured two notebooks at a time, one torch thread each: quick under `make test` (fp32 `torch.mm` 2048³ at about 125–150 GFLOP/s per thread), full under `make course` (163 GFLOP/s per thread). Times scale roughly inversely with your machine's rate. In fp32 (`LOWRANK_PRECISION=fp32`, or a CPU without bf16 hardware) the previous full run took 36 min on one thread.
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
@@ -383,7 +383,7 @@ layer.zero_grad(set_to_none=True)
 
 # %% [markdown]
 # What bf16 buys, and what it changes: the same LoRA q,v training steps from the same start, in fp32 and under
-# bf16 autocast, alternated (fp32, bf16, fp32, …) so that the machine's noise hits both alike (20 to 40 seconds in either
+# bf16 autocast, alternated (fp32, bf16, fp32, …) so that the machine's noise hits both alike (15 to 20 seconds in either
 # profile on one core; on a machine without fast bf16, bf16 is emulated and *slower*). Each step runs as
 # `lowrank.train` runs it on a CPU: in length groups of 8 in fp32, of 16 under bf16 (`CPU_MICRO_BATCH_BF16`:
 # bf16's faster matrix products leave the per-pass overhead a larger share, so fewer, larger passes win).
@@ -450,7 +450,7 @@ print("loss, bf16:", ", ".join(f"{loss:.6f}" for loss in losses[torch.bfloat16])
 # this column: the activation part shrinks, the gradients and AdamW state do not.
 
 # %% [markdown]
-# *Long cell*, the longest of this notebook (84 s quick, 35 min full, measured as in the first cell): four training
+# *Long cell*, the longest of this notebook (87 s quick, 21 min full, measured as in the first cell): four training
 # runs, one after the other. Interrupting the kernel ends
 # the run in progress and keeps what it trained; the next run then starts.
 

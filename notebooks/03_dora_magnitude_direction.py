@@ -27,7 +27,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 47 s with `LOWRANK_PROFILE=quick`, 18 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: beside another training job on the other core, 158 GFLOP/s; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 55 s with `LOWRANK_PROFILE=quick`, 11 min with `full`, on a 2-core machine whose CPU has AMX, so training ran in bf16 (the default, `LOWRANK_PRECISION=auto`: bf16 where the hardware multiplies it, else fp32). Both were measured two notebooks at a time, one torch thread each: quick under `make test` (fp32 `torch.mm` 2048³ at about 125–150 GFLOP/s per thread), full under `make course` (163 GFLOP/s per thread). Times scale roughly inversely with your machine's rate. In fp32 (`LOWRANK_PRECISION=fp32`, or a CPU without bf16 hardware) the previous full run took 18 min on one thread.
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
@@ -322,7 +322,7 @@ print("max |logit difference| vs PEFT DoRA < 1e-5:", difference < 1e-5)
 # results (this notebook does not read notebook 02's, so `make course` can run the two side by side).
 
 # %% [markdown]
-# *Long cell*, the longest of this notebook (32 s quick, 17 min full, measured as in the first cell): two training
+# *Long cell*, the longest of this notebook (35 s quick, 11 min full, measured as in the first cell): two training
 # runs, LoRA then DoRA. Interrupting the kernel ends the run
 # in progress and keeps what it trained; the next run then starts.
 

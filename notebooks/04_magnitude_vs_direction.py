@@ -25,7 +25,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 1¾ min with `LOWRANK_PROFILE=quick`, 25 min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: beside another training job on the other core, 158 GFLOP/s; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 1¾ min with `LOWRANK_PROFILE=quick`, 13 min with `full`, on a 2-core machine whose CPU has AMX, so training ran in bf16 (the default, `LOWRANK_PRECISION=auto`: bf16 where the hardware multiplies it, else fp32). Both were measured two notebooks at a time, one torch thread each: quick under `make test` (fp32 `torch.mm` 2048³ at about 125–150 GFLOP/s per thread), full under `make course` (163 GFLOP/s per thread). Times scale roughly inversely with your machine's rate. In fp32 (`LOWRANK_PRECISION=fp32`, or a CPU without bf16 hardware) the previous full run took 25 min on one thread.
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
@@ -119,7 +119,7 @@ for label, (dm, dd) in synthetic.items():
 # We snapshot the effective query and value matrices of all layers at three intermediate steps and the final step.
 
 # %% [markdown]
-# *Long cell* (52 s quick, 14 min full, measured as in the first cell): three training runs, one after the other. Interrupting the kernel ends the
+# *Long cell* (51 s quick, 7 min full, measured as in the first cell): three training runs, one after the other. Interrupting the kernel ends the
 # run in progress and keeps what it trained (and its snapshots so far); the next run then starts.
 
 # %%
@@ -231,7 +231,7 @@ for kind, per_method in [("query", query_points), ("value", value_points)]:
 # only. (DoRA's runs are repeated under many more conditions in notebook 06.)
 
 # %% [markdown]
-# *Long cell* (46 s quick, 11 min full, measured as in the first cell): two more training runs. Interrupting the kernel ends the run in progress and keeps what it trained.
+# *Long cell* (39 s quick, 5¾ min full, measured as in the first cell): two more training runs. Interrupting the kernel ends the run in progress and keeps what it trained.
 
 # %%
 query_only = r"\.q_lin$"

@@ -31,7 +31,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 38 s with `LOWRANK_PROFILE=quick`, 2½ min with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: beside another training job on the other core, 170 GFLOP/s; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 40 s with `LOWRANK_PROFILE=quick`, 2½ min with `full`, on a 2-core machine whose CPU has AMX, so training ran in bf16 (the default, `LOWRANK_PRECISION=auto`: bf16 where the hardware multiplies it, else fp32). Both were measured two notebooks at a time, one torch thread each: quick under `make test` (fp32 `torch.mm` 2048³ at about 125–150 GFLOP/s per thread), full under `make course` (163 GFLOP/s per thread). Times scale roughly inversely with your machine's rate. In fp32 (`LOWRANK_PRECISION=fp32`, or a CPU without bf16 hardware) the previous full run took 2½ min on one thread.
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
 # `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
@@ -81,7 +81,7 @@ setup = setup_notebook(load=True, use_device=False)
 profile, base, tokenizer, data = setup.profile, setup.model, setup.tokenizer, setup.data
 
 # %% [markdown]
-# *Long cell* (10 s quick, 56 s full, measured as in the first cell): a short DoRA training run to have an adapter
+# *Long cell* (9 s quick, 43 s full, measured as in the first cell): a short DoRA training run to have an adapter
 # worth saving. Interrupting the kernel keeps what was
 # trained.
 
@@ -178,7 +178,7 @@ except ValueError as error:
 # checkpoint every `every` steps; then the command analyses those checkpoints, and the two must agree.
 
 # %% [markdown]
-# *Long cell* (11 s quick, 63 s full, measured as in the first cell): a 🤗 Trainer run. The Trainer, unlike `lowrank`'s `train`, does not catch an interrupt: interrupting
+# *Long cell* (12 s quick, 64 s full, measured as in the first cell): a 🤗 Trainer run. The Trainer, unlike `lowrank`'s `train`, does not catch an interrupt: interrupting
 # the kernel here stops the notebook.
 
 # %%

@@ -34,7 +34,7 @@
 # %% [markdown]
 # ### Running this notebook
 #
-# **Runtime, measured:** 21 s with `LOWRANK_PROFILE=quick`, 22 s with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: with the other core idle, 150 GFLOP/s; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 26 s with `LOWRANK_PROFILE=quick`, 27 s with `full`, on a 2-core machine whose CPU has AMX, so training ran in bf16 (the default, `LOWRANK_PRECISION=auto`: bf16 where the hardware multiplies it, else fp32). Both were measured two notebooks at a time, one torch thread each: quick under `make test` (fp32 `torch.mm` 2048³ at about 125–150 GFLOP/s per thread), full under `make course` (163 GFLOP/s per thread). Times scale roughly inversely with your machine's rate.
 # The study itself is not re-run here (`make study`).
 #
 # **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.

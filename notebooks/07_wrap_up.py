@@ -19,7 +19,7 @@
 # runs wrote there (the first table names the profile). It prints the headline numbers, sums up each notebook, and
 # ends with a reading list.
 #
-# **Runtime, measured:** 1 s with `LOWRANK_PROFILE=quick`, 1 s with `full`, each on one torch thread of a 2-core machine, in fp32 (the default precision; quick: under `make test`, two notebooks at a time, fp32 `torch.mm` 2048³ at about 123 GFLOP/s per thread; full: with the other core idle, 141 GFLOP/s; times scale roughly inversely with your machine's rate).
+# **Runtime, measured:** 1 s with `LOWRANK_PROFILE=quick`, 1 s with `full`, on a 2-core machine whose CPU has AMX, so training ran in bf16 (the default, `LOWRANK_PRECISION=auto`: bf16 where the hardware multiplies it, else fp32). Both were measured two notebooks at a time, one torch thread each: quick under `make test` (fp32 `torch.mm` 2048³ at about 125–150 GFLOP/s per thread), full under `make course` (163 GFLOP/s per thread). Times scale roughly inversely with your machine's rate.
 
 # %%
 import csv
