@@ -17,7 +17,7 @@ $(STAMP): requirements.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Runs the notebooks in order with the full profile, headless, saving outputs into the
+# Runs every notebook with the full profile, headless (longest first, the wrap-up last), saving outputs into the
 # notebooks and figures into figures/, and prints where the time went (figures/course_times.json).
 # LOWRANK_PROFILE=quick make course: a fast pass written to build/quick/ (committed files untouched).
 # On a multi-core CPU two notebooks run at a time, each on its share of the cores; make course JOBS=1: one at a time.

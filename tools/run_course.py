@@ -19,8 +19,9 @@ updates their entries and keeps the others'.
 On a CPU with two or more cores the notebooks run two at a time (``--jobs``), each kernel on its share of
 the cores (``OMP_NUM_THREADS``): the longest waiting notebook starts whenever a lane frees up (times from the
 last report; file order without one), and a notebook that reads others' results (``NEEDS``) starts after them.
-Two single-thread processes training independently do more per second than one process on two threads,
-whose small matrices split poorly (README, "The two commands"). On a GPU, or with ``--jobs 1``, they run one
+Two single-thread processes training independently did more per second than one process on two threads,
+whose small matrices split poorly (measured under bf16: README, Benchmark, "Two notebooks at a time, and bf16's
+groups"). On a GPU, or with ``--jobs 1``, they run one
 after another on torch's default threads. Ctrl-C stops the kernels; each stopped notebook's executed part is
 saved under ``build/failed/``.
 """
