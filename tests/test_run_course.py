@@ -114,7 +114,9 @@ def test_ctrl_c_stops_the_kernels_and_keeps_the_executed_part(tmp_path):
     path = _notebook(tmp_path / name, f"from pathlib import Path\nPath({str(marker)!r}).touch()\nimport time\ntime.sleep(300)")
     runner = subprocess.Popen([sys.executable, str(TOOL), str(path), "--jobs", "2", "--scratch", str(tmp_path / "out")],
                               env={**__import__("os").environ, "LOWRANK_PROFILE": "quick"},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              # a test worker may ignore SIGINT, and a child inherits that: give the runner Ctrl-C
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while not marker.exists():
