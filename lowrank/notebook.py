@@ -4,11 +4,11 @@ Each notebook of the course starts with the same steps: read the profile and the
 names (:mod:`lowrank.settings`), pick the device, seed every generator, and usually load the backbone and
 the tokenized data at the profile's sizes. :func:`setup_notebook` does them in that order and prints
 one line saying what runs, so that a live run shows at a glance which profile, model, data and device it
-used. A new notebook starts with::
+used. A notebook's whole preamble is one cell::
 
     from lowrank.notebook import setup_notebook
+    setup = setup_notebook(profile=None, load=True)  # profile: None = $LOWRANK_PROFILE (default "full"), or "quick"
 
-    setup = setup_notebook(load=True)
     profile, device, model, tokenizer, data = setup.profile, setup.device, setup.model, setup.tokenizer, setup.data
 
 Loading does not touch the global random generators (:func:`lowrank.load_backbone` seeds the head in a
@@ -77,18 +77,29 @@ class NotebookSetup:
                 f"{threads} torch thread{'s' if threads != 1 else ''} · training precision {precision_name(self.device)}")
 
 
-def setup_notebook(*, load: bool = False, seed: int = 0, use_device: bool = True) -> NotebookSetup:
+def setup_notebook(*, profile: str | None = None, load: bool = False, seed: int = 0,
+                   use_device: bool = True) -> NotebookSetup:
     """Read the settings, seed Python, NumPy and torch with ``seed``, print one line, optionally load.
 
     Args:
+        profile: ``"quick"`` or ``"full"`` to choose the profile from inside the notebook (it sets
+            ``$LOWRANK_PROFILE`` for this kernel, so later cells and ``lowrank`` functions see the same one);
+            None keeps ``$LOWRANK_PROFILE`` (default ``full``).
         load: also load the backbone and the tokenized data (:meth:`NotebookSetup.load`).
         seed: seeds every generator (:func:`lowrank.training.seed_everything`), the classifier head and
             the data split.
         use_device: the notebook moves its training to :func:`lowrank.settings.default_device` (a GPU when
             there is one); False for a notebook that runs on the CPU whatever the machine.
     """
+    import os
+
+    from lowrank.settings import ENV_VAR, PROFILES
     from lowrank.training import seed_everything
 
+    if profile is not None:
+        if profile not in PROFILES:
+            raise ValueError(f"profile={profile!r} is not a profile; use one of {sorted(PROFILES)} (or None)")
+        os.environ[ENV_VAR] = profile
     setup = NotebookSetup(profile=current_profile(), device=default_device() if use_device else torch.device("cpu"),
                           backbone=backbone_name(), dataset=dataset_name(), seed=seed)
     seed_everything(seed)
