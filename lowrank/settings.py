@@ -93,9 +93,17 @@ PRECISIONS = ("fp32", "bf16", "auto")
 DEFAULT_PRECISION = "auto"
 
 
+#: Set to 1 to behave as on a CPU without bf16 hardware (most laptops) on one that has it: tests and timings of
+#: what such a learner waits.
+NO_BF16_VAR = "LOWRANK_ASSUME_NO_BF16"
+
+
 def bf16_is_fast(device: torch.device | str | None = None) -> bool:
     """Whether ``device`` multiplies bf16 matrices in hardware: a CUDA GPU that supports bf16, or a CPU
-    with AMX tiles or AVX512-BF16 (elsewhere bf16 is emulated and slower than fp32)."""
+    with AMX tiles or AVX512-BF16 (elsewhere bf16 is emulated, tens of times slower than fp32).
+    ``$LOWRANK_ASSUME_NO_BF16=1`` makes it False everywhere."""
+    if os.environ.get(NO_BF16_VAR, "").strip() == "1":
+        return False
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
