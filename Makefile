@@ -1,12 +1,13 @@
-# The two commands of the course: `make course` runs every notebook, `make test` runs the tests.
-# Each builds its own virtual environment in .venv from requirements.txt on first use.
+# The two commands of the course: `make course` runs every lesson, `make test` runs the tests; `make site` builds the
+# course as a static HTML site. Each builds its own virtual environment in .venv from requirements.txt on first use.
+# The lessons, their order and what each needs come from course.toml (docs/contributing.md: adding a lesson).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+SITE_STAMP := $(VENV)/.installed-site
 
-.PHONY: course test test-package test-notebooks bench study venv clean
+.PHONY: course test site map bench study venv clean
 
 venv: $(STAMP)
 
@@ -17,21 +18,35 @@ $(STAMP): requirements.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Runs every notebook with the full profile, headless (longest first, the wrap-up last), saving outputs into the
-# notebooks and figures into figures/, and prints where the time went (figures/course_times.json).
-# LOWRANK_PROFILE=quick make course: a fast pass written to build/quick/ (committed files untouched).
-# On a multi-core CPU two notebooks run at a time, each on its share of the cores; make course JOBS=1: one at a time.
+# Runs every lesson course.toml lists (the path, the practitioner notebooks, the solutions) with the full profile,
+# headless, longest first by the last recorded times, each after the lessons it needs; saves outputs into the
+# notebooks and figures into figures/, and prints where the time went (figures/course_times.json, keyed by
+# course.toml's paths). LOWRANK_PROFILE=quick make course: a fast pass written to build/quick/ (committed files
+# untouched). On a multi-core CPU two notebooks run at a time, each on its share of the cores; JOBS=1: one at a time.
 course: $(STAMP)
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/python tools/run_course.py $(if $(JOBS),--jobs $(JOBS))
 
-# Package tests and every notebook under nbval in the quick profile, offline, one test file or
-# notebook per worker and one worker per core (pytest-xdist), each on one torch thread.
+# Package tests and every notebook under notebooks/ (sub-folders included) under nbval in the quick profile, offline,
+# one test file or notebook per worker and one worker per core (pytest-xdist), each on one torch thread.
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LOWRANK_PROFILE=quick LOWRANK_FIGURES=$$(mktemp -d) OMP_NUM_THREADS=1 \
 		$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider \
 		-n auto --dist loadfile
 
-# The Figure-2 study (notebook 06): 13 training runs, about 65 minutes of training on one core; resumes after Ctrl-C.
+# The course as a static HTML site in build/site/, from the committed notebooks (never executed), offline, math by a
+# MathJax copied into the site (tools/build_site.py). Open build/site/index.html.
+site: $(STAMP) $(SITE_STAMP)
+	$(BIN)/python tools/build_site.py
+
+$(SITE_STAMP): requirements-site.txt $(STAMP)
+	$(BIN)/pip install --quiet -r requirements-site.txt
+	touch $(SITE_STAMP)
+
+# README's course map and headline results, regenerated from course.toml, figures/ and bench/results.json.
+map: $(STAMP)
+	$(BIN)/python tools/course_map.py --write
+
+# The Figure-2 study (notebook 05): 13 training runs, about 65 minutes of training on one core; resumes after Ctrl-C.
 # It trains in fp32 whatever LOWRANK_PRECISION says (lowrank.figure2.STUDY_AUTOCAST): its committed results are fp32.
 study: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m lowrank.figure2 --out figures/

@@ -1,4 +1,5 @@
-"""tools/run_course.py: notebooks two at a time, each kernel on its threads, readers after what they read."""
+"""tools/run_course.py: the lessons course.toml lists, two at a time, each kernel on its threads, readers after
+what they read (course.toml's `needs`), a lesson not written yet refused before anything runs."""
 
 from __future__ import annotations
 
@@ -31,6 +32,15 @@ here = Path({folder!r})
 assert (here / "a.finished").exists() and (here / "c.finished").exists()"""
 
 
+def _course(folder: Path, *lessons: tuple[str, tuple[str, ...]]) -> Path:
+    """A course.toml in ``folder`` listing ``(notebook, needs)`` in order."""
+    entries = [f'[[lesson]]\nnotebook = "{notebook}"\ntitle = "{notebook}"\npart = "path"\n'
+               + (f"needs = {list(needs)!r}\n".replace("'", '"') if needs else "") for notebook, needs in lessons]
+    course = folder / "course.toml"
+    course.write_text("\n".join(entries))
+    return course
+
+
 def _notebook(path: Path, source: str) -> Path:
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -41,31 +51,65 @@ def _notebook(path: Path, source: str) -> Path:
 def test_two_notebooks_run_at_once_and_a_reader_waits(tmp_path, monkeypatch):
     folder = tmp_path / "meet"
     folder.mkdir()
-    paths = [_notebook(tmp_path / "a.ipynb", MEETS.format(folder=str(folder), me="a", other="c")),
-             _notebook(tmp_path / "b.ipynb", READS.format(folder=str(folder))),
-             _notebook(tmp_path / "c.ipynb", MEETS.format(folder=str(folder), me="c", other="a"))]
-    monkeypatch.setattr(run_course, "NEEDS", {"b.ipynb": "*"})
+    (tmp_path / "lessons" / "extra").mkdir(parents=True)
+    _notebook(tmp_path / "lessons" / "a.ipynb", MEETS.format(folder=str(folder), me="a", other="c"))
+    _notebook(tmp_path / "lessons" / "extra" / "b.ipynb", READS.format(folder=str(folder)))
+    _notebook(tmp_path / "lessons" / "c.ipynb", MEETS.format(folder=str(folder), me="c", other="a"))
+    # the reader is listed first: course.toml's needs, not its order, make it wait
+    course = _course(tmp_path, ("lessons/extra/b.ipynb", ("*",)), ("lessons/a.ipynb", ()), ("lessons/c.ipynb", ()))
     monkeypatch.setenv("LOWRANK_PROFILE", "quick")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setattr(sys, "argv", ["run_course.py", *map(str, paths), "--jobs", "2",
+    monkeypatch.setattr(sys, "argv", ["run_course.py", "--course", str(course), "--jobs", "2",
                                       "--scratch", str(tmp_path / "out")])
     run_course.main()
     assert (folder / "a.started").read_text() == (folder / "c.started").read_text() == "1"
     report = json.loads((tmp_path / "out" / "course_times.json").read_text())
-    assert sorted(report["notebooks"]) == ["a.ipynb", "b.ipynb", "c.ipynb"]
+    assert sorted(report["notebooks"]) == ["lessons/a.ipynb", "lessons/c.ipynb", "lessons/extra/b.ipynb"]
     assert {entry["notebooks_at_once"] for entry in report["notebooks"].values()} == {2}
-    assert "last_whole_run" not in report  # named notebooks are not the whole course
-    assert all((tmp_path / "out" / "notebooks" / path.name).exists() for path in paths)
+    assert report["last_whole_run"]["notebooks"] == 3  # no names: the whole course
+    for key in report["notebooks"]:  # saved under the scratch folder at course.toml's path
+        assert (tmp_path / "out" / key).exists()
 
 
-def test_readiness_follows_needs(monkeypatch):
-    monkeypatch.setattr(run_course, "NEEDS", {"z.ipynb": "*", "y.ipynb": ("x.ipynb",)})
-    x, y, z, w = (Path(f"{name}.ipynb") for name in "xyzw")
-    assert run_course.ready(x, [x, y, z], [])
-    assert not run_course.ready(y, [y], [x])  # x still running
-    assert run_course.ready(y, [y, z], [w])
-    assert not run_course.ready(z, [z], [w])  # "*": after every other notebook
-    assert run_course.ready(z, [z], [])
+def test_a_lesson_not_written_yet_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    _notebook(tmp_path / "a.ipynb", f"open({str(tmp_path / 'ran')!r}, 'w')")
+    course = _course(tmp_path, ("a.ipynb", ()), ("in_practice/A9_later.ipynb", ()))
+    monkeypatch.setenv("LOWRANK_PROFILE", "quick")
+    monkeypatch.setattr(sys, "argv", ["run_course.py", "--course", str(course), "--scratch", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match=r"do not exist yet: in_practice/A9_later\.ipynb"):
+        run_course.main()
+    assert not (tmp_path / "ran").exists()
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--skip-missing", "--jobs", "1"])
+    run_course.main()
+    assert (tmp_path / "ran").exists()
+    assert list(json.loads((tmp_path / "out" / "course_times.json").read_text())["notebooks"]) == ["a.ipynb"]
+
+
+def test_course_toml_mistakes_are_named(tmp_path):
+    course = _course(tmp_path, ("a.ipynb", ("b.ipynb",)))
+    with pytest.raises(SystemExit, match="needs b.ipynb, which it does not list"):
+        run_course.load_lessons(course)
+    course.write_text('[[lesson]]\nnotebook = "a.ipynb"\ntitle = "A"\npart = "appendix"\n')
+    with pytest.raises(SystemExit, match="part 'appendix' is not one of"):
+        run_course.load_lessons(course)
+
+
+def test_the_repository_course_lists_its_parts_in_order():
+    from course import PARTS  # tools/, on the path since run_course was loaded
+
+    lessons = run_course.load_lessons()
+    parts = [lesson.part for lesson in lessons]
+    assert parts == sorted(parts, key=PARTS.index)  # the path, then in practice, then the solutions
+    assert all(lesson.notebook.startswith("notebooks/") for lesson in lessons)
+
+
+def test_readiness_follows_needs():
+    needs = {"z": ("*",), "y": ("x",)}
+    assert run_course.ready("x", needs, ["x", "y", "z"], [])
+    assert not run_course.ready("y", needs, ["y"], ["x"])  # x still running
+    assert run_course.ready("y", needs, ["y", "z"], ["w"])
+    assert not run_course.ready("z", needs, ["z"], ["w"])  # "*": after every other notebook
+    assert run_course.ready("z", needs, ["z"], [])
 
 
 def test_lanes_share_the_cores_and_refuse_nonsense(monkeypatch):
@@ -82,24 +126,25 @@ def test_lanes_share_the_cores_and_refuse_nonsense(monkeypatch):
 
 
 def test_a_failing_notebook_stops_new_starts_and_is_saved(tmp_path, monkeypatch):
-    paths = [_notebook(tmp_path / "a.ipynb", "raise RuntimeError('broken on purpose')"),
-             _notebook(tmp_path / "b.ipynb", "print('never')")]
-    monkeypatch.setattr(run_course, "NEEDS", {"b.ipynb": ("a.ipynb",)})
+    _notebook(tmp_path / "a.ipynb", "raise RuntimeError('broken on purpose')")
+    _notebook(tmp_path / "b.ipynb", "print('never')")
+    course = _course(tmp_path, ("a.ipynb", ()), ("b.ipynb", ("a.ipynb",)))
     monkeypatch.setattr(run_course, "ROOT", tmp_path)  # build/failed/ goes here
     monkeypatch.setenv("LOWRANK_PROFILE", "quick")
-    monkeypatch.setattr(sys, "argv", ["run_course.py", *map(str, paths), "--jobs", "2",
+    monkeypatch.setattr(sys, "argv", ["run_course.py", "--course", str(course), "--jobs", "2",
                                       "--scratch", str(tmp_path / "out")])
     with pytest.raises(run_course.CellExecutionError, match="broken on purpose"):
         run_course.main()
     assert (tmp_path / "build" / "failed" / "a.ipynb").exists()
-    assert not (tmp_path / "out" / "notebooks" / "b.ipynb").exists()
+    assert not (tmp_path / "out" / "b.ipynb").exists()
 
 
 def test_a_pair_waiting_for_each_other_is_refused(tmp_path, monkeypatch):
     paths = [_notebook(tmp_path / f"{name}.ipynb", "pass") for name in "ab"]
-    monkeypatch.setattr(run_course, "NEEDS", {"a.ipynb": ("b.ipynb",), "b.ipynb": ("a.ipynb",)})
+    course = _course(tmp_path, ("a.ipynb", ("b.ipynb",)), ("b.ipynb", ("a.ipynb",)))
     monkeypatch.setenv("LOWRANK_PROFILE", "quick")
-    monkeypatch.setattr(sys, "argv", ["run_course.py", *map(str, paths), "--scratch", str(tmp_path / "out")])
+    monkeypatch.setattr(sys, "argv", ["run_course.py", *map(str, paths), "--course", str(course),
+                                      "--scratch", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="wait for each other"):
         run_course.main()
 

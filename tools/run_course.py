@@ -1,7 +1,9 @@
 """Run the course's notebooks, two at a time on a multi-core CPU, and say where the time went (`make course`).
 
-    python tools/run_course.py [notebooks/02_lora_on_distilbert.ipynb ...] [--scratch build/fp32]
+    python tools/run_course.py [notebooks/02_lora_on_distilbert.ipynb ...] [--scratch build/fp32] [--skip-missing]
 
+Without names it runs every lesson that ``course.toml`` lists (the path, the practitioner notebooks, the solutions);
+a listed notebook that does not exist yet is refused before anything runs (``--skip-missing`` runs the others).
 Each notebook runs headless in a fresh kernel. With the ``full`` profile (the default) the
 executed notebooks replace the committed ones and the figures go to ``figures/``; with
 ``LOWRANK_PROFILE=quick`` nothing committed is touched: notebooks and figures are written
@@ -12,15 +14,16 @@ The breakdown comes from two sources: each cell's execution time (recorded by nb
 dropped from the saved notebook), and the phase totals the package records while it trains,
 evaluates, tokenizes and loads (``lowrank.timing.phase``). "other" is the rest: kernel start,
 imports, analysis and plotting in the notebook's own cells. The table is printed and written
-to ``course_times.json`` beside the figures, each notebook with the machine's fp32 ``torch.mm``
+to ``course_times.json`` beside the figures, keyed by the notebook's path as course.toml writes it, each with the machine's fp32 ``torch.mm``
 rate and thread count it ran at, so times can be scaled to another machine. Running some notebooks
 updates their entries and keeps the others'.
 
 On a CPU with two or more cores the notebooks run two at a time (``--jobs``), each kernel on its share of
 the cores (``OMP_NUM_THREADS``): the longest waiting notebook starts whenever a lane frees up (times from the
-last report; file order without one), and a notebook that reads others' results (``NEEDS``) starts after them.
+last report; course.toml's order without one), and a notebook that reads others' results (its ``needs`` in
+course.toml) starts after them.
 Two single-thread processes training independently did more per second than one process on two threads,
-whose small matrices split poorly (measured under bf16: README, Benchmark, "Two notebooks at a time, and bf16's
+whose small matrices split poorly (measured under bf16: docs/benchmarks.md, "Two notebooks at a time, and bf16's
 groups"). On a GPU, or with ``--jobs 1``, they run one
 after another on torch's default threads. Ctrl-C stops the kernels; each stopped notebook's executed part is
 saved under ``build/failed/``.
@@ -47,11 +50,9 @@ from nbclient.exceptions import CellExecutionError, DeadKernelError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clean_outputs import clean_notebook  # noqa: E402
+from course import COURSE, ROOT, Lesson, load_lessons, missing_notebooks  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("load model", "load data", "tokenize", "train steps", "evaluate", "snapshot")
-#: Notebooks that read other notebooks' results start only after those have run ("*": all the others).
-NEEDS: dict[str, tuple[str, ...] | str] = {"07_wrap_up.ipynb": "*"}
 LIVE: dict[str, NotebookClient] = {}  # the kernels running now, by notebook, so that Ctrl-C can stop them
 LIVE_LOCK = threading.Lock()
 
@@ -117,14 +118,14 @@ def print_table(timings: dict[str, dict]) -> None:
     names = [p for p in PHASES if any(p in t["phases"] for t in timings.values())]
     extra = sorted({p for t in timings.values() for p in t["phases"]} - set(PHASES))
     columns = names + extra + ["other"]
-    print(f"\n{'notebook':<44}{'total s':>9}" + "".join(f"{c:>13}" for c in columns))
+    print(f"\n{'notebook':<56}{'total s':>9}" + "".join(f"{c:>13}" for c in columns))
     for notebook, t in timings.items():
         values = [t["phases"].get(c, 0.0) for c in names + extra] + [t["other"]]
-        print(f"{notebook:<44}{t['seconds']:>9,.0f}" + "".join(f"{v:>13,.0f}" for v in values))
+        print(f"{notebook:<56}{t['seconds']:>9,.0f}" + "".join(f"{v:>13,.0f}" for v in values))
     total = sum(t["seconds"] for t in timings.values())
     sums = [sum(t["phases"].get(c, 0.0) for t in timings.values()) for c in names + extra]
     sums.append(sum(t["other"] for t in timings.values()))
-    print(f"{'all':<44}{total:>9,.0f}" + "".join(f"{v:>13,.0f}" for v in sums))
+    print(f"{'all':<56}{total:>9,.0f}" + "".join(f"{v:>13,.0f}" for v in sums))
 
 
 def lanes(jobs: int | None) -> tuple[int, int | None]:
@@ -161,35 +162,58 @@ def stop_kernels() -> None:
             pass
 
 
-def ready(path: Path, waiting: list[Path], running: list[Path]) -> bool:
-    """Whether ``path`` may start: every notebook it reads (``NEEDS``) has finished."""
-    needs = NEEDS.get(path.name, ())
-    needs = (needs,) if isinstance(needs, str) and needs != "*" else needs
-    others = [p.name for p in waiting + running if p != path]
-    return not others if needs == "*" else not set(needs) & set(others)
+def ready(key: str, needs: dict[str, tuple[str, ...]], waiting: list[str], running: list[str]) -> bool:
+    """Whether notebook ``key`` may start: every notebook it reads (``needs[key]``; ``"*"``: all the others) has
+    finished."""
+    wanted = needs.get(key, ())
+    others = [other for other in waiting + running if other != key]
+    return not others if "*" in wanted else not set(wanted) & set(others)
+
+
+def chosen_lessons(names: list[Path], course: Path, skip_missing: bool) -> list[Lesson]:
+    """The notebooks to run, as lessons: those named (each once; one course.toml does not list runs with no needs),
+    or every lesson course.toml lists. A missing notebook is refused here, before any kernel starts."""
+    lessons = load_lessons(course)
+    if not names:
+        missing = missing_notebooks(lessons)
+        if missing and not skip_missing:
+            raise SystemExit(f"{shown(course)} lists {len(missing)} notebook(s) that do not exist yet: "
+                             f"{', '.join(lesson.notebook for lesson in missing)}.\nWrite them (docs/contributing.md), "
+                             "remove them from course.toml, or run the others: tools/run_course.py --skip-missing")
+        return [lesson for lesson in lessons if lesson not in missing]
+    by_path = {lesson.path.resolve(): lesson for lesson in lessons}
+    chosen: list[Lesson] = []
+    for path in dict.fromkeys(name.resolve() for name in names):  # each once
+        if not path.is_file():
+            raise SystemExit(f"no such notebook: {path}")
+        key = str(path.relative_to(course.parent)) if path.is_relative_to(course.parent) else str(path)
+        chosen.append(by_path.get(path, Lesson(key, path.stem, "path", (), course.parent)))
+    return chosen
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/NN_*.ipynb in order")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every lesson course.toml lists")
     parser.add_argument("--scratch", type=Path, default=None,
                         help="write notebooks, figures and the breakdown under this folder, whatever the profile "
                              "(e.g. to compare a full run in another precision with the committed one)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="notebooks run at once, each on cores/jobs torch threads "
                              "(default: 2 on a CPU with two or more cores; 1 on one core or with a GPU)")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="run the lessons that exist when course.toml lists some not written yet")
+    parser.add_argument("--course", type=Path, default=COURSE, help=argparse.SUPPRESS)  # the tests' own lists
     args = parser.parse_args()
-    notebooks = list(dict.fromkeys(path.resolve() for path in  # each once
-                                   (args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))))
-    missing = [str(path) for path in notebooks if not path.is_file()]
-    if missing:
-        raise SystemExit(f"no such notebook: {', '.join(missing)}")
+    lessons = chosen_lessons(args.notebooks, args.course.resolve(), args.skip_missing)
+    keys = [lesson.notebook for lesson in lessons]  # course_times.json's keys, course.toml's paths
+    paths = {lesson.notebook: lesson.path for lesson in lessons}
+    needs = {lesson.notebook: lesson.needs for lesson in lessons}
     profile = os.environ.get("LOWRANK_PROFILE", "full").strip().lower() or "full"
     if profile == "full" and args.scratch is None:
         out_folder, figures, report = None, None, ROOT / "figures" / "course_times.json"
     else:
         scratch = (args.scratch or ROOT / "build" / profile).resolve()
-        out_folder, figures, report = scratch / "notebooks", scratch / "figures", scratch / "course_times.json"
+        out_folder, figures, report = scratch, scratch / "figures", scratch / "course_times.json"
         print(f"profile {profile}: executed notebooks and figures go to {shown(scratch)}/ "
               "(the committed full-profile ones are not touched)")
     jobs, threads = lanes(args.jobs)
@@ -205,47 +229,49 @@ def main() -> None:
     bf16_rate = matmul_gflops(torch.bfloat16) if bf16_is_fast("cpu") else None
     print(f"fp32 torch.mm 2048^3 on this machine: {rate:,.0f} GFLOP/s with {threads} thread(s)"
           + (f"; bf16 {bf16_rate:,.0f}" if bf16_rate else "") + f"; training precision {precision}")
-    print(f"{len(notebooks)} notebook(s), {jobs} at a time, {threads} torch thread(s) each", flush=True)
+    print(f"{len(keys)} notebook(s), {jobs} at a time, {threads} torch thread(s) each", flush=True)
     earlier = json.loads(report.read_text()).get("notebooks", {}) if report.exists() else {}
-    expected = {path: earlier.get(path.name, {}).get("seconds", 0.0) for path in notebooks}
+    expected = {key: earlier.get(key, {}).get("seconds", 0.0) for key in keys}
     timings: dict[str, dict] = {}
     lock = threading.Lock()
 
-    def run_one(path: Path) -> None:
-        out_path = path if out_folder is None else out_folder / path.name
-        print(f"== {shown(path)} (profile {profile}) starts", flush=True)
+    def run_one(key: str) -> None:
+        path = paths[key]
+        # under a scratch folder, a lesson keeps course.toml's path (notebooks/solutions/...); another, its name
+        out_path = path if out_folder is None else out_folder / (key if not Path(key).is_absolute()
+                                                                  else Path("notebooks", path.name))
+        print(f"== {key} (profile {profile}) starts", flush=True)
         timing = run_notebook(path, out_path, figures, threads if jobs > 1 else None)
         timing.update(matmul_gflops_fp32=round(rate), torch_threads=threads, notebooks_at_once=jobs,
                       precision=precision, matmul_gflops_bf16=round(bf16_rate) if bf16_rate else None,
                       cpu=platform.processor() or platform.machine(),
                       date=datetime.now().isoformat(timespec="minutes"))
         with lock:
-            timings[path.name] = timing
-            write_report(report, profile, {path.name: timing})  # after each notebook: a crash keeps it
-        print(f"   {path.name} done in {timing['seconds']:,.0f} s", flush=True)
+            timings[key] = timing
+            write_report(report, profile, {key: timing})  # after each notebook: a crash keeps it
+        print(f"   {key} done in {timing['seconds']:,.0f} s", flush=True)
 
-    waiting, running = list(notebooks), {}  # longest first (last report's times), in file order on ties
+    waiting, running = list(keys), {}  # longest first (last report's times), in course.toml's order on ties
     start = time.perf_counter()
     failure: BaseException | None = None
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         try:
             while waiting or running:
-                startable = [p for p in waiting if ready(p, waiting, list(running.values()))]
+                startable = [k for k in waiting if ready(k, needs, waiting, list(running.values()))]
                 while startable and len(running) < jobs and failure is None:
-                    path = max(startable, key=lambda p: (expected[p], -notebooks.index(p)))
-                    startable.remove(path)
-                    waiting.remove(path)
-                    running[pool.submit(run_one, path)] = path
+                    key = max(startable, key=lambda k: (expected[k], -keys.index(k)))
+                    startable.remove(key)
+                    waiting.remove(key)
+                    running[pool.submit(run_one, key)] = key
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    path = running.pop(future)
+                    key = running.pop(future)
                     if future.exception() is not None and failure is None:
                         failure = future.exception()  # start nothing new; let the running ones finish
                         if running:
-                            print(f"   {path.name} failed; waiting for "
-                                  f"{', '.join(p.name for p in running.values())} to finish", flush=True)
+                            print(f"   {key} failed; waiting for {', '.join(running.values())} to finish", flush=True)
         except KeyboardInterrupt as interrupt:
             failure = interrupt
             print("\ninterrupted: stopping the running kernels", flush=True)
@@ -253,12 +279,13 @@ def main() -> None:
             pool.shutdown(wait=True, cancel_futures=True)
     wall = time.perf_counter() - start
     if waiting:
-        print(f"not run: {', '.join(p.name for p in waiting)}", flush=True)
+        print(f"not run: {', '.join(waiting)}", flush=True)
     if failure is not None:
         raise failure
     if waiting:
-        raise SystemExit("these notebooks wait for each other (NEEDS); nothing was left to run them after")
-    print_table({path.name: timings[path.name] for path in notebooks})
+        raise SystemExit("these notebooks wait for each other (their needs in course.toml); "
+                         "nothing was left to run them after")
+    print_table({key: timings[key] for key in keys})
     print(f"wall time {wall:,.0f} s for {len(timings)} notebook(s), {jobs} at a time "
           f"(their times add up to {sum(t['seconds'] for t in timings.values()):,.0f} s)")
     if not args.notebooks:  # the whole course
