@@ -133,14 +133,14 @@ def peak_mb() -> float:
 
 def measure(mode: str, folder: Path) -> dict:
     """Run in a fresh process: import, note the memory, do ``mode``, report time and peak memory growth."""
-    from lowrank.analyze import Run, analyze_runs
-    from lowrank.checkpoints import open_base, select_modules
-    from lowrank.safetensors_stream import bytes_of
+    from lowrank.analysis.command import Run, analyze_runs
+    from lowrank.analysis.checkpoints import open_base, select_modules
+    from lowrank.analysis.streaming import bytes_of
 
     import torch
     import tqdm.auto  # noqa: F401  (imported lazily by the analysis: part of the baseline, not of the data)
 
-    from lowrank.row_changes import FactoredUpdate, TensorRows, magnitude_direction_changes
+    from lowrank.analysis.row_changes import FactoredUpdate, TensorRows, magnitude_direction_changes
 
     base = open_base(str(folder / "base"))
     names = list(select_modules(base, SELECTED).values())

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from lowrank.persistence import PEFT_TENSORS_FILE, read_safetensors, tensor_digests, write_adapter_files
+from lowrank.adapter_files.format import PEFT_TENSORS_FILE, read_safetensors, tensor_digests, write_adapter_files
 from lowrank.timing import interleaved_medians
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import lowrank
 from lowrank.memory import MIB, training_step_memory
-from lowrank.persistence import peft_twin
+from lowrank.adapter_files.peft_interop import peft_twin
 from lowrank.settings import backbone_name, default_device
 from lowrank.timing import interleaved_medians, no_grad_forward
 

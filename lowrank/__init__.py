@@ -10,9 +10,12 @@ transformers when it is called.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-#: Public name -> the module of ``lowrank`` that defines it.
+#: Public name -> the module of ``lowrank`` that defines it: the one list of public names (``__all__`` is
+#: its keys). The package has three parts: the layers and training the course teaches (the modules at
+#: this level), :mod:`lowrank.adapter_files` (the file format, crash-safe writing, PEFT interop) and
+#: :mod:`lowrank.analysis` (ΔM/ΔD of anyone's checkpoints: ``python -m lowrank.analyze``).
 _EXPORTS = {
     "DISTILBERT_HEAD": "adapters",
     "ParameterCount": "adapters",
@@ -27,10 +30,10 @@ _EXPORTS = {
     "DoRALinear": "dora",
     "LoRALinear": "lora",
     "magnitude_direction_change": "magnitude_direction",
-    "export_peft": "persistence",
-    "import_peft": "persistence",
-    "load_adapters": "persistence",
-    "save_adapters": "persistence",
+    "export_peft": "adapter_files.peft_interop",
+    "import_peft": "adapter_files.peft_interop",
+    "load_adapters": "adapter_files.save_load",
+    "save_adapters": "adapter_files.save_load",
     "accuracy": "training",
     "predict": "training",
     "tokenize": "training",
@@ -52,22 +55,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-if TYPE_CHECKING:  # what type checkers and editors see: the same names, imported eagerly
-    from lowrank.adapters import (
-        DISTILBERT_HEAD,
-        ParameterCount,
-        adapter_layers,
-        add_adapters,
-        count_parameters,
-        freeze_all_but_head,
-        merge_adapters,
-        targets_from_toggles,
-    )
-    from lowrank.backbone import load_backbone
-    from lowrank.data import load_sentiment
-    from lowrank.dora import DoRALinear
-    from lowrank.lora import LoRALinear
-    from lowrank.magnitude_direction import magnitude_direction_change
-    from lowrank.persistence import export_peft, import_peft, load_adapters, save_adapters
-    from lowrank.training import accuracy, predict, tokenize, train

@@ -94,7 +94,16 @@ def classification_head(model: nn.Module) -> list[str]:
             if name != prefix and next(child.parameters(), None) is not None]
 
 
-def _head_modules(model: nn.Module, head: Sequence[str] | None) -> list[nn.Module]:
+def trained_head(model: nn.Module) -> list[str]:
+    """The top-level modules that hold trainable parameters outside every adapter layer: the head that
+    trains in full. The one notion of "the head" that a save records and PEFT's ``modules_to_save`` lists."""
+    adapted = tuple(name + "." for name, _ in adapter_layers(model))
+    return sorted({name.split(".")[0] for name, p in model.named_parameters()
+                   if p.requires_grad and not name.startswith(adapted)})
+
+
+def _resolve_head(model: nn.Module, head: Sequence[str] | None) -> list[nn.Module]:
+    """The modules ``head`` names (``None``: :func:`classification_head`), refusing a name that matches nothing."""
     names = classification_head(model) if head is None else list(head)
     modules = dict(model.named_modules())
     missing = [name for name in names if not name or name not in modules]
@@ -113,10 +122,12 @@ def freeze_all_but_head(model: nn.Module, head: Sequence[str] | None = None) -> 
     refused with a ``ValueError``. ``None`` (the default) finds the head by what the model is:
     :func:`classification_head`. On its own this is the "head only" baseline (a linear probe).
     """
-    modules = _head_modules(model, head)
+    modules = _resolve_head(model, head)
     model.requires_grad_(False)
     for module in modules:
         module.requires_grad_(True)
+    for _, layer in adapter_layers(model):  # an adapted head's base stays frozen: only its adapter trains
+        layer.base.requires_grad_(False)
     return model
 
 

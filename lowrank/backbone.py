@@ -98,7 +98,7 @@ def embedded_state_dict() -> dict[str, torch.Tensor]:
     """The packaged all-MiniLM-L6-v2 weights, renamed for ``DistilBertModel`` (no ``distilbert.`` prefix).
 
     The one reader of the embedded backbone's file: :func:`load_backbone` builds the model from it,
-    :func:`lowrank.checkpoints.open_base` compares checkpoints with it.
+    :func:`lowrank.analysis.checkpoints.open_base` compares checkpoints with it.
     """
     from safetensors.torch import load_file
 

@@ -30,12 +30,14 @@ inside the gain, and ``W0 (x - z)`` is added (one extra matmul). Otherwise ``z =
 
 Which code computes ``g * (W0 z + s B(A(z))) + bias`` depends on autograd, not on the module's mode:
 
-* ``detach_norm=True`` and autograd recording (``torch.is_grad_enabled()``), in training *or* eval mode:
+* ``detach_norm=True``, autograd recording (``torch.is_grad_enabled()``) and the base frozen, in training
+  *or* eval mode:
   a custom autograd function that, instead of keeping the ``[batch, tokens, out]`` product for the
   magnitude's gradient, recomputes it in backward from ``z``, which it keeps anyway: DoRA then holds
   about the memory of LoRA.
-* under ``torch.no_grad()`` / ``torch.inference_mode()``, or with ``detach_norm=False``: ordinary
-  torch operations, same value; with ``detach_norm=False`` the norm keeps its graph (more memory).
+* under ``torch.no_grad()`` / ``torch.inference_mode()``, with ``detach_norm=False``, or with a base layer
+  someone unfroze: ordinary torch operations, same value; with ``detach_norm=False`` the norm keeps its
+  graph (more memory); an unfrozen base gets its gradient.
 
 The norm is recomputed at every forward, also in eval mode: a cache would have to notice every
 change of ``W0``, ``A``, ``B`` and ``scaling`` (writes through ``.data`` change no version counter),
@@ -151,13 +153,18 @@ class DoRALinear(LoRALinear):
         gain = (self.magnitude / self.direction_norm()).to(dtype)
         z, weight, lora_A, lora_B = (t.to(dtype) for t in (dropped, self.base.weight, self.lora_A, self.lora_B))
         bias = None if self.base.bias is None else self.base.bias.to(dtype)
-        if self.detach_norm and torch.is_grad_enabled():
+        if self.detach_norm and torch.is_grad_enabled() and not self._base_trains():
             out = _DoRAProduct.apply(z, weight, lora_A, lora_B, gain, self.scaling, bias)
         else:
             out = _gain_and_bias(F.linear(z, weight) + self._branch(z), gain, bias)
         if dropped is not x:  # dropout acted: W0 sees the whole input (module docstring)
             out = out + F.linear((x - dropped).to(dtype), weight)
         return out
+
+    def _base_trains(self) -> bool:
+        """Whether someone unfroze the base layer: the memory-lean function returns no gradient for it, so
+        such a layer takes the ordinary operations, which do (a parameter marked trainable must train)."""
+        return any(p.requires_grad for p in self.base.parameters())
 
     def _weight(self) -> torch.Tensor:
         """``m[:, None] * V / ||V||_row`` from ``W0`` (so: unmerged layers only)."""

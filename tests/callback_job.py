@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
-from lowrank.trainer_callback import MagnitudeDirectionCallback  # noqa: E402
+from lowrank.analysis.callback import MagnitudeDirectionCallback  # noqa: E402
 
 EXAMPLES = 8
 STEPS = 4

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
 from lowrank import DoRALinear, LoRALinear, add_adapters, adapter_layers
-from lowrank.persistence import peft_twin
+from lowrank.adapter_files.peft_interop import peft_twin
 
 
 def make_tiny_distilbert(seed: int = 0, num_labels: int = 2) -> DistilBertForSequenceClassification:
@@ -68,7 +68,7 @@ class FixedMaskDropout(nn.Module):
 
 def peft_pair(model: nn.Module, method: str, targets: Sequence[str], rank: int = 4, alpha: float = 8,
               dropout: float = 0.0) -> tuple[nn.Module, PeftModel, list[tuple[LoRALinear, nn.Module]]]:
-    """``model`` adapted by lowrank (randomised weights) and its PEFT twin (:func:`lowrank.persistence.peft_twin`).
+    """``model`` adapted by lowrank (randomised weights) and its PEFT twin (:func:`lowrank.adapter_files.peft_interop.peft_twin`).
 
     Returns ``(ours, theirs, layers)`` with ``layers`` the pairs ``(our layer, PEFT layer)``. With
     dropout, each pair drops the same entries (:class:`FixedMaskDropout`, one seed per layer).

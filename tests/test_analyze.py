@@ -18,8 +18,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
 from lowrank import add_adapters, save_adapters
-from lowrank.analyze import analyze_checkpoints, main, parse_run
-from lowrank.checkpoints import align, find_run, same_model
+from lowrank.analysis.command import analyze_checkpoints, main, parse_run
+from lowrank.analysis.checkpoints import align, find_run, same_model
 from tests.conftest import make_tiny_distilbert
 from tests.numpy_reference import dm_dd, merged
 
@@ -145,7 +145,7 @@ def test_save_adapters_folders_match_numpy(root, method):
 def test_embedded_base_is_the_course_model():
     """``--base embedded`` reads the course's backbone under its DistilBERT names (save_adapters of it line up)."""
     from lowrank import load_backbone
-    from lowrank.checkpoints import open_base
+    from lowrank.analysis.checkpoints import open_base
 
     model, _ = load_backbone("embedded")
     base = open_base("embedded")

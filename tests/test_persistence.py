@@ -8,15 +8,9 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from lowrank import add_adapters, adapter_layers
-from lowrank.persistence import (
-    adapter_config,
-    export_peft,
-    import_peft,
-    load_adapters,
-    save_adapters,
-    trainable_tensors,
-    write_adapter_files,
-)
+from lowrank.adapter_files.format import write_adapter_files
+from lowrank.adapter_files.peft_interop import export_peft, import_peft
+from lowrank.adapter_files.save_load import adapter_config, load_adapters, save_adapters, trainable_tensors
 from tests.conftest import make_tiny_distilbert
 from tests.test_layers import randomize
 
@@ -75,13 +69,13 @@ def test_a_crash_mid_save_keeps_the_previous_save(tmp_path, tiny_batch, monkeypa
     model = trained("lora")
     save_adapters(model, tmp_path)
     before = (tmp_path / "adapters.safetensors").read_bytes()
-    import lowrank.persistence as persistence
+    import safetensors.torch
 
     def crash(tensors, path, metadata=None):
         open(path, "wb").write(b"half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(persistence, "save_file", crash)
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
     with torch.no_grad():
         model.classifier.weight.add_(1.0)
     with pytest.raises(KeyboardInterrupt):
@@ -187,7 +181,7 @@ def test_peft_config_problems(tmp_path):
     export_peft(trained("dora"), tmp_path)
     config_path = tmp_path / "adapter_config.json"
     original = json.loads(config_path.read_text())
-    for change, message in [({"r": None}, "field 'r' is missing"), ({"use_rslora": True}, "rsLoRA"),
+    for change, message in [({"r": None}, "field 'r' is missing"), ({"fan_in_fan_out": True}, "fan_in_fan_out"),
                             ({"target_modules": ".*q_lin"}, "is a regex"), ({"peft_type": "IA3"}, "is not LORA")]:
         edited = dict(original, **change)
         edited = {k: v for k, v in edited.items() if v is not None}

@@ -22,18 +22,10 @@ from peft import PeftModel
 from safetensors.torch import save_file
 
 from lowrank import add_adapters, adapter_layers
-from lowrank.persistence import (
-    CONFIG_FILE,
-    PEFT_TENSORS_FILE,
-    TENSORS_FILE,
-    adapter_config,
-    export_peft,
-    import_peft,
-    load_adapters,
-    save_adapters,
-    temporary_prefix,
-    trainable_tensors,
-)
+from lowrank.adapter_files.atomic import temporary_prefix
+from lowrank.adapter_files.format import CONFIG_FILE, PEFT_TENSORS_FILE, TENSORS_FILE
+from lowrank.adapter_files.peft_interop import export_peft, import_peft
+from lowrank.adapter_files.save_load import adapter_config, load_adapters, save_adapters, trainable_tensors
 from tests.conftest import make_tiny_distilbert
 from tests.test_persistence import logits, trained
 
@@ -48,7 +40,7 @@ import os, sys
 import torch
 torch.set_num_threads(1)
 from lowrank import add_adapters, adapter_layers
-from lowrank.persistence import export_peft, save_adapters
+from lowrank import export_peft, save_adapters
 from tests.conftest import make_tiny_distilbert
 
 model = add_adapters(make_tiny_distilbert(), ["q_lin", "v_lin"], rank=2, alpha=1)
@@ -66,6 +58,7 @@ for request in sys.stdin:
                     parameter.fill_(version)
             for _, layer in adapter_layers(model):
                 layer.alpha = float(1 + version % 3)
+                layer.scaling = layer.alpha / layer.rank  # a file records alpha and the rule, not the value
             write[mode](model, folder)
             os.write(1, f"saved {version}\n".encode())
             version += 1
@@ -150,7 +143,6 @@ def hidden_entries(folder: Path) -> list[Path]:
 def test_sigkill_at_random_moments_leaves_one_whole_save_and_only_the_last_debris(saver, tmp_path, mode):
     rng = random.Random(f"kill-{mode}")
     names = (TENSORS_FILE, CONFIG_FILE) if mode == "save" else (PEFT_TENSORS_FILE, CONFIG_FILE)
-    debris_rounds = interrupted = 0
     for round_ in range(12):
         first = 1000 * (round_ + 1)
         last, pid = saver.kill_mid_save(mode, tmp_path, first, delay=rng.uniform(0.0, 0.05))
@@ -163,16 +155,14 @@ def test_sigkill_at_random_moments_leaves_one_whole_save_and_only_the_last_debri
             assert mode == "export" and "an export was interrupted before writing its configuration" in str(error)
             with pytest.raises(ValueError, match="Can't find 'adapter_config.json'"):
                 PeftModel.from_pretrained(make_tiny_distilbert(), str(tmp_path))
-            interrupted += 1
         else:
             assert whole_version(fresh) in (last, last + 1), f"round {round_}: neither the old nor the new save"
         leftovers = hidden_entries(tmp_path)
         prefixes = tuple(temporary_prefix(tmp_path / name, pid) for name in names)
         assert all(entry.is_dir() and entry.name.startswith(prefixes) for entry in leftovers), \
             f"round {round_}: debris other than the last kill's: {[entry.name for entry in leftovers]}"
-        debris_rounds += bool(leftovers)
-    assert debris_rounds >= 3, "too few kills landed mid-save for the test to mean much"
-    assert interrupted < 12
+    # Only what must hold whatever the timing: how many kills land mid-save depends on the machine's load,
+    # so no count of them is asserted (test_a_crash_mid_save_keeps_the_previous_save crashes mid-save for sure).
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         (save_adapters if mode == "save" else export_peft)(trained("lora"), tmp_path)

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowrank.row_changes import FactoredUpdate, FullUpdate, TensorRows, check_shapes, magnitude_direction_changes
+from lowrank.analysis.row_changes import FactoredUpdate, FullUpdate, TensorRows, check_shapes, magnitude_direction_changes
 from tests.numpy_reference import dm_dd, merged
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lowrank.safetensors_stream import FileTensors, HubRepo, LocalFolder, locate, read_header, read_rows
+from lowrank.analysis.streaming import FileTensors, HubRepo, LocalFolder, locate, read_header, read_rows
 
 
 @pytest.fixture

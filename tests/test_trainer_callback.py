@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lowrank.analyze import main
-from lowrank.trainer_callback import MagnitudeDirectionCallback, pretrained_copies
+from lowrank.analysis.command import main
+from lowrank.analysis.callback import MagnitudeDirectionCallback, pretrained_copies
 from tests import callback_job
 from tests.conftest import make_tiny_distilbert
 
