@@ -4,6 +4,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -13,32 +15,24 @@
 # %% [markdown]
 # # Solutions — notebook 03, DoRA: magnitude and direction
 #
-# Try each exercise before reading its solution. Every solution checks its answer with an `assert`.
-#
-# **Runtime on a 2-core laptop CPU:** about 10 seconds of work after the imports, in either profile (the
-# training in exercise 1 is on one small layer).
-
-# %%
-# The profile: None keeps $LOWRANK_PROFILE (default "full"); set "quick" for a fast pass, then run from the top.
-import os
-
-PROFILE = None
-if PROFILE:
-    os.environ["LOWRANK_PROFILE"] = PROFILE
+# Try each exercise before reading its solution. Every solution checks its answer with an `assert`, and each runs at
+# the same size in both profiles: exercise 1 trains one 64×64 layer for 300 steps per target and layer, exercise 2
+# counts the parameters of the real backbone and exercise 3 reads PEFT's magnitude on its `ffn.lin1`. The last line of
+# each exercise prints how long its code took.
 
 # %%
 import copy
+import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import lowrank
-from lowrank.settings import backbone_name, current_profile
+from lowrank.notebook import setup_notebook
 
-profile = current_profile()
-model, tokenizer = lowrank.load_backbone(backbone_name())
-print(f"profile: {profile.name}; backbone: {backbone_name()}")
+setup = setup_notebook(profile=None)  # None: $LOWRANK_PROFILE (default "full"); the sizes here do not depend on it
+model, tokenizer = lowrank.load_backbone(setup.backbone)
 
 
 # %% [markdown]
@@ -88,6 +82,7 @@ def final_loss(layer: nn.Module, target, steps: int = 300, seed: int = 0) -> flo
         return F.mse_loss(layer(x), target(x)).item()
 
 
+started = time.perf_counter()
 torch.manual_seed(0)
 base = nn.Linear(64, 64).requires_grad_(False)
 d = 0.5 + torch.rand(64)
@@ -106,6 +101,7 @@ for name, target in targets.items():
 out, inp = losses["rescale each output"], losses["rescale each input"]
 assert out["rows"] < 1e-3 * out["start"] and out["columns"] > 0.3 * out["start"]
 assert inp["columns"] < 1e-3 * inp["start"] and inp["rows"] > 0.3 * inp["start"]
+print(f"exercise 1 took {time.perf_counter() - started:.0f} s")
 
 # %% [markdown]
 # Each magnitude learns exactly the rescaling along its own axis and almost nothing of the other. DoRA's
@@ -132,6 +128,7 @@ assert seed_style.magnitude.numel() == lin1.in_features and paper_style.magnitud
 # in 6 layers; adding `k_lin` and `out_lin` (384), `lin1` (1536) and `lin2` (384) gives the rest.
 
 # %%
+started = time.perf_counter()
 predicted = {"query, value": 6 * (384 + 384), "all linear layers": 6 * (4 * 384 + 1536 + 384)}
 chosen = {"query, value": ["q_lin", "v_lin"],
           "all linear layers": lowrank.targets_from_toggles(key=True, projection=True, mlp=True)}
@@ -142,10 +139,12 @@ for label, targets_ in chosen.items():
     extra = counts["dora"] - counts["lora"]
     print(f"{label:>18}: LoRA {counts['lora']:,}, DoRA {counts['dora']:,}: +{extra:,} (predicted +{predicted[label]:,})")
     assert extra == predicted[label]
+print(f"exercise 2 took {time.perf_counter() - started:.0f} s")
 
 # %% [markdown]
 # A few thousand numbers against LoRA's hundreds of thousands: the magnitude is almost free in parameters.
-# Its cost is elsewhere: the norm of `V` at every forward (notebook 03, section 3).
+# Its cost is elsewhere: the norm of `V` at every forward, and in training what autograd keeps for it (notebook 03,
+# section 3).
 #
 # ## Exercise 3 — Does PEFT agree on the axis?
 #
@@ -155,6 +154,7 @@ for label, targets_ in chosen.items():
 # %%
 from peft import LoraConfig, get_peft_model
 
+started = time.perf_counter()
 peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=8, lora_alpha=16, target_modules=["lin1"], use_dora=True))
 peft_lin1 = peft_model.base_model.model.distilbert.transformer.layer[0].ffn.lin1
 peft_m = peft_lin1.lora_magnitude_vector["default"].weight.detach()
@@ -162,6 +162,7 @@ W = lin1.weight.detach()
 print(f"PEFT's magnitude: shape {tuple(peft_m.shape)}; equals the row norms ||W[j, :]|| (dim=1): "
       f"{torch.allclose(peft_m, W.norm(dim=1))}; the column norms have shape {tuple(W.norm(dim=0).shape)}")
 assert peft_m.shape == (lin1.out_features,) and torch.allclose(peft_m, W.norm(dim=1), atol=1e-6)
+print(f"exercise 3 took {time.perf_counter() - started:.1f} s")
 
 # %% [markdown]
 # PEFT, like the paper's official code and `lowrank.DoRALinear`, keeps one magnitude per output feature
