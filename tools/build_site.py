@@ -22,6 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from course import PARTS, ROOT, load_lessons, missing_notebooks  # noqa: E402
 
+#: docs/ pages in the site's navigation, in the README's order; others follow, by name.
+DOCS_ORDER = ["runtimes", "precision", "benchmarks", "analysis", "file_format", "results", "package", "models_and_data",
+              "install", "colab", "contributing"]
 CAPTIONS = {"path": "The course", "in practice": "In practice (optional)", "solutions": "Solutions"}
 CONF = '''# Written by tools/build_site.py for each build: Sphinx with MyST-NB, notebooks never executed, math by a local MathJax.
 project = "lowrank"
@@ -61,14 +64,18 @@ def index_page(lessons) -> str:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     tocs = []
     for part in PARTS:
-        entries = [f"{lesson.name.replace('_', ' ', 1)} — {lesson.title} <{lesson.notebook.removesuffix('.ipynb')}>"
-                   for lesson in lessons if lesson.part == part]
+        entries = [f"{label(lesson)} <{lesson.notebook.removesuffix('.ipynb')}>" for lesson in lessons if lesson.part == part]
         if entries:
             tocs.append(toctree(CAPTIONS[part], entries))
-    docs = sorted((ROOT / "docs").glob("*.md"))
+    docs = sorted((ROOT / "docs").glob("*.md"), key=lambda page: (DOCS_ORDER + [page.stem]).index(page.stem))
     if docs:
         tocs.append(toctree("Reference", [f"docs/{page.stem}" for page in docs]))
     return text + "\n\n" + "\n\n".join(tocs) + "\n"
+
+
+def label(lesson) -> str:
+    """The navigation's words for a lesson: "03 · DoRA: magnitude and direction"; a solutions notebook by its title."""
+    return lesson.title if lesson.part == "solutions" else f"{lesson.name.split('_')[0]} · {lesson.title}"
 
 
 def toctree(caption: str, entries: list[str]) -> str:

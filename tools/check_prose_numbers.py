@@ -1,6 +1,6 @@
 """List the numbers a notebook's prose quotes that no output above them prints.
 
-    python tools/check_prose_numbers.py notebooks/0*.ipynb [--strict]
+    python tools/check_prose_numbers.py [notebooks/01_lora_from_scratch.ipynb ...] [--strict]   # default: course.toml's
 
 Every number in the course's prose should be printed by a cell above it. This looks at each
 markdown cell's decimals and percentages (e.g. ``90.2 %``, ``0.41``, ``1.2e-4``), and searches the
@@ -71,9 +71,15 @@ def unbacked_numbers(path: Path) -> list[tuple[int, str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every lesson course.toml lists that exists")
     parser.add_argument("--strict", action="store_true")
     args = parser.parse_args()
+    if not args.notebooks:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from course import load_lessons, missing_notebooks
+
+        lessons = load_lessons()
+        args.notebooks = [lesson.path for lesson in lessons if lesson not in missing_notebooks(lessons)]
     total = 0
     for path in args.notebooks:
         missing = unbacked_numbers(path)
