@@ -32,6 +32,7 @@ from lowrank.settings import (
     dataset_name,
     default_device,
     precision_name,
+    training_dtype,
 )
 
 if TYPE_CHECKING:
@@ -56,6 +57,12 @@ class NotebookSetup:
     tokenizer: PreTrainedTokenizerBase | None = None
     raw: DatasetDict | None = None  # train/validation/test text and labels at the profile's sizes
     data: DatasetDict | None = None  # ``raw`` tokenized to the profile's max_length
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The precision the course trains in on this notebook's device, for ``train(..., autocast_dtype=...)``:
+        ``$LOWRANK_PRECISION`` resolved on the hardware (:func:`lowrank.settings.training_dtype`)."""
+        return training_dtype(self.device)
 
     def load(self) -> NotebookSetup:
         """Load the backbone, the data at the profile's sizes (split by ``seed``) and tokenize it; return self."""

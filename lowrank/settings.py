@@ -4,7 +4,9 @@ Read in the first cell of every notebook; the README's "Profiles" table lists th
 
 ``LOWRANK_PROFILE`` picks the experiment sizes; ``LOWRANK_BACKBONE`` and ``LOWRANK_DATASET``
 pick the model and data (``embedded`` by default: offline; e.g. ``distilbert-base-uncased``
-and ``imdb`` with the hub); ``LOWRANK_FIGURES`` redirects saved figures (default ``figures/``).
+and ``imdb`` with the hub); ``LOWRANK_FIGURES`` redirects saved figures (default ``figures/`` in the full
+profile, ``build/quick/figures/`` in the quick one); ``LOWRANK_PRECISION`` and ``LOWRANK_ASSUME_NO_BF16``
+decide the training precision; ``LOWRANK_PHASE_LOG`` names a file for the time spent in each phase.
 
 ``quick`` sizes every experiment for tests and a live class (a notebook in a few minutes on
 a 2-core CPU); ``full`` is for self-study and for the outputs committed with the notebooks.
@@ -22,7 +24,12 @@ ENV_VAR = "LOWRANK_PROFILE"
 BACKBONE_VAR = "LOWRANK_BACKBONE"
 DATASET_VAR = "LOWRANK_DATASET"
 FIGURES_VAR = "LOWRANK_FIGURES"
-REPOSITORY_FIGURES = Path(__file__).resolve().parent.parent / "figures"
+REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY_FIGURES = REPOSITORY / "figures"
+#: Where the quick profile saves figures when ``$LOWRANK_FIGURES`` is not set: a quick run, by whatever
+#: route (nbval on one notebook, a live class), never overwrites the committed full-profile figures.
+QUICK_FIGURES = REPOSITORY / "build" / "quick" / "figures"
+PHASE_LOG_VAR = "LOWRANK_PHASE_LOG"
 DEFAULT = "full"
 #: The name that selects the offline defaults: the packaged backbone (:mod:`lowrank.backbone`) and
 #: tweet corpus (:mod:`lowrank.data`); also what adapters trained on that backbone record as its name.
@@ -138,8 +145,20 @@ def default_device() -> torch.device:
 
 
 def figure_path(name: str) -> Path:
-    """Where a notebook saves the figure or table ``name``: ``figures/`` of the repository, or
-    ``$LOWRANK_FIGURES`` when set (the tests set it, so they never overwrite the committed figures)."""
-    folder = Path(os.environ.get(FIGURES_VAR, "").strip() or REPOSITORY_FIGURES)
+    """Where a notebook saves the figure or table ``name``: ``$LOWRANK_FIGURES`` when set; else ``figures/``
+    of the repository in the full profile (the committed figures) and :data:`QUICK_FIGURES` in the quick
+    one, so that only a full-profile run writes the committed figures."""
+    chosen = os.environ.get(FIGURES_VAR, "").strip()
+    if chosen:
+        folder = Path(chosen)
+    else:
+        folder = REPOSITORY_FIGURES if current_profile().name == "full" else QUICK_FIGURES
     folder.mkdir(parents=True, exist_ok=True)
     return folder / name
+
+
+def phase_log_path() -> Path | None:
+    """``$LOWRANK_PHASE_LOG``: the JSON file :func:`lowrank.timing.add_phase_seconds` keeps the phase totals
+    in (``tools/run_course.py`` sets it), or None."""
+    log = os.environ.get(PHASE_LOG_VAR, "").strip()
+    return Path(log) if log else None

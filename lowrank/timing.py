@@ -3,7 +3,7 @@
 Used in notebook 01, section 5 (the latency of merged and unmerged layers), and by ``bench/step_bench.py``.
 
 :func:`phase` adds the wall time of a block to a named total (training steps, evaluation,
-tokenizing, ...); with ``$LOWRANK_PHASE_LOG`` set, the totals are written to that JSON file
+tokenizing, ...); with ``$LOWRANK_PHASE_LOG`` set (:func:`lowrank.settings.phase_log_path`), the totals are written to that JSON file
 after every phase, which is how ``tools/run_course.py`` breaks a notebook's time down.
 """
 
@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import torch
 
-PHASE_LOG_VAR = "LOWRANK_PHASE_LOG"
+from lowrank.settings import phase_log_path
+
 _phase_seconds: defaultdict[str, float] = defaultdict(float)
 _open_phases: list[str] = []
 _P = ParamSpec("_P")
@@ -37,9 +36,9 @@ def phase_seconds() -> dict[str, float]:
 def add_phase_seconds(name: str, seconds: float) -> None:
     """Add ``seconds`` to the phase ``name`` (and to ``$LOWRANK_PHASE_LOG`` when set)."""
     _phase_seconds[name] += seconds
-    log = os.environ.get(PHASE_LOG_VAR, "").strip()
-    if log:
-        Path(log).write_text(json.dumps(_phase_seconds, indent=1))
+    log = phase_log_path()
+    if log is not None:
+        log.write_text(json.dumps(_phase_seconds, indent=1))
 
 
 @contextmanager

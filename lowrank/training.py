@@ -89,6 +89,19 @@ def _collate(rows: list[dict], device: torch.device, pad_token_id: int) -> dict[
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
+def batch_order(lengths: Sequence[int], shuffle: bool, seed: int = 0) -> list[int]:
+    """The row order :func:`batches` yields rows in: shuffled by ``seed``, or sorted by length (stable).
+
+    The one place that decides it: :func:`predict` puts its logits back in the split's order with it.
+    """
+    order = list(range(len(lengths)))
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    else:
+        order.sort(key=lengths.__getitem__)
+    return order
+
+
 def batches(
     data: Dataset, batch_size: int, shuffle: bool, seed: int = 0, device: torch.device | str = "cpu", *,
     pad_token_id: int,
@@ -101,11 +114,7 @@ def batches(
     compute on padding.
     """
     rows = data.select_columns(["input_ids", "label"]).to_list()
-    if shuffle:
-        order = list(range(len(rows)))
-        random.Random(seed).shuffle(order)
-    else:
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    order = batch_order([len(row["input_ids"]) for row in rows], shuffle, seed)
     for start in range(0, len(order), batch_size):
         yield _collate([rows[i] for i in order[start:start + batch_size]], torch.device(device), pad_token_id)
 
@@ -113,19 +122,17 @@ def batches(
 CPU_MICRO_BATCH = 8
 """Rows per forward/backward pass that :func:`train` uses on a CPU (``micro_batch_size="auto"``).
 
-A shuffled batch is padded to its longest row; on the course's tweets about 43 % of the padded tokens
-of a 32-row batch are padding (15 % in groups of 8). A CPU's time grows with the tokens it computes, so
-splitting the batch into groups of 8 rows of similar length (each cut to its own longest row) takes 0.71-0.83
-of the whole-batch step for notebook 02's four methods at batch 32 on one thread (``bench/micro_batch_bench.py``,
-side by side); groups of 4 or 16 save less: smaller passes lose more to per-pass overhead than padding costs.
-On a GPU the padding is nearly free and small passes waste the device, so "auto" keeps whole batches.
+A shuffled batch is padded to its longest row, and a CPU's time grows with the tokens it computes, padding
+included; groups of rows of similar length, each cut to its own longest row, carry less padding. Smaller
+groups lose more to per-pass overhead than padding costs, so there is a best size: 8 in fp32 on the course's
+CPUs (measured by ``bench/micro_batch_bench.py``; the numbers are in docs/benchmarks.md). On a GPU the padding
+is nearly free and small passes waste the device, so "auto" keeps whole batches.
 """
 
 CPU_MICRO_BATCH_BF16 = 16
 """Rows per pass on a CPU under bf16 autocast (``micro_batch_size="auto"``): bf16's matrix multiplications
-are so much faster that per-pass overhead weighs more, and groups of 16 beat groups of 8 (LoRA q,v 0.89,
-full fine-tuning 0.94 of their step time, one thread, two benches side by side; 0.76 and 0.79 on two threads:
-``bench/micro_batch_bench.py --precision bf16``)."""
+are faster, so per-pass overhead weighs more and the best group is larger (``bench/micro_batch_bench.py
+--precision bf16``; numbers in docs/benchmarks.md)."""
 
 
 def length_groups(
@@ -176,13 +183,39 @@ def resolve_micro_batch_size(micro_batch_size: int | None | str, device: torch.d
 
 
 def adamw(model: nn.Module, lr: float, weight_decay: float, no_decay: Sequence[str] = ()) -> torch.optim.AdamW:
-    """The optimiser :func:`train` uses: AdamW over the trainable parameters (:func:`parameter_groups`),
-    fused into one kernel on CPU and CUDA. The fused kernel computes the same update as the per-tensor loop
-    (equal up to float rounding); for full fine-tuning of the course's 22.7 M parameters on one CPU core it took
-    0.05 s a step against 0.18 s for the loop (``bench/micro_batch_bench.py``)."""
-    device = model_device(model)
-    return torch.optim.AdamW(parameter_groups(model, weight_decay, no_decay), lr=lr,
-                             fused=device.type in ("cpu", "cuda") or None)
+    """The optimiser :func:`train` uses by default: AdamW over the trainable parameters
+    (:func:`parameter_groups`), fused into one kernel on CPU and CUDA (:func:`fused_adamw`)."""
+    return fused_adamw(parameter_groups(model, weight_decay, no_decay), lr, model_device(model))
+
+
+def fused_adamw(groups: Sequence[dict], lr: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over parameter ``groups`` (each may set its own ``lr`` and ``weight_decay``), fused on CPU and CUDA.
+
+    The fused kernel computes the same update as the per-tensor loop, equal up to float rounding, and is
+    faster (``bench/micro_batch_bench.py``; docs/benchmarks.md).
+    """
+    return torch.optim.AdamW(list(groups), lr=lr, fused=device.type in ("cpu", "cuda") or None)
+
+
+def _optimizer_for(model: nn.Module, optimizer: torch.optim.Optimizer | Sequence[dict] | None, lr: float,
+                   weight_decay: float, no_decay: Sequence[str]) -> torch.optim.Optimizer:
+    """What :func:`train` steps: ``optimizer`` itself, AdamW over the parameter groups given, or the default
+    :func:`adamw`. Refuses groups or an optimizer that leave out a trainable parameter: it would stay at its
+    initial value while ``requires_grad`` says it trains."""
+    if optimizer is None:
+        return adamw(model, lr, weight_decay, no_decay)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        groups = [dict(group) for group in optimizer]
+        for group in groups:
+            group["params"] = list(group["params"])
+            group.setdefault("weight_decay", weight_decay)
+        optimizer = fused_adamw(groups, lr, model_device(model))
+    stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    left_out = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in stepped]
+    if left_out:
+        raise ValueError(f"the optimizer's parameter groups leave out {len(left_out)} trainable parameter(s), first "
+                         f"{left_out[0]!r}: add them to a group, or freeze them (requires_grad_(False))")
+    return optimizer
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -206,8 +239,7 @@ def predict(model: nn.Module, data: Dataset, batch_size: int = 128, pad_token_id
     was_training = model.training
     model.eval()
     device = model_device(model)
-    lengths = [len(x) for x in data["input_ids"]]
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    order = batch_order([len(x) for x in data["input_ids"]], shuffle=False)  # the order batches() yields
     out: list[torch.Tensor] = []
     for batch in batches(data, batch_size, shuffle=False, device=device,
                          pad_token_id=model_pad_token_id(model, pad_token_id)):
@@ -271,8 +303,9 @@ def train(
     progress: bool = True,
     description: str = "training",
     pad_token_id: int | None = None,
-    autocast_dtype: torch.dtype | None | str = "settings",
+    autocast_dtype: torch.dtype | None = None,
     micro_batch_size: int | None | str = "auto",
+    optimizer: torch.optim.Optimizer | Sequence[dict] | None = None,
 ) -> TrainResult:
     """Fine-tune the trainable parameters of ``model`` with AdamW and a linear schedule.
 
@@ -287,12 +320,20 @@ def train(
         progress: show a tqdm bar with the running loss.
         pad_token_id: the padding id; default the model's ``config.pad_token_id`` (:func:`model_pad_token_id`).
         autocast_dtype: run the forward under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``);
-            ``None``: plain fp32; default: ``$LOWRANK_PRECISION`` (:func:`lowrank.settings.training_dtype`).
-            Weights, gradients, AdamW state and evaluation stay in the model's own dtype.
+            ``None`` (the default): no autocast, the model's own dtype. The caller decides: a notebook passes
+            ``setup.autocast_dtype`` (:func:`lowrank.settings.training_dtype`: ``$LOWRANK_PRECISION`` and the
+            hardware), so that this function's precision never depends on a global. Weights, gradients,
+            optimizer state and evaluation stay in the model's own dtype.
         micro_batch_size: run each batch's forward and backward in groups of this many rows of similar
             length (:func:`length_groups`), accumulating the batch's gradient before the one optimizer step;
             ``None``: the whole batch at once; ``"auto"``: :data:`CPU_MICRO_BATCH` on a CPU
-            (:data:`CPU_MICRO_BATCH_BF16` under bf16 autocast), whole batches elsewhere. The batches, their order and the updates' maths are the same either way.
+            (:data:`CPU_MICRO_BATCH_BF16` under bf16 autocast), whole batches elsewhere. The batches, their
+            order and the updates' maths are the same either way.
+        optimizer: ``None``: AdamW with ``lr``, ``weight_decay`` and ``no_decay`` (:func:`adamw`); a list of
+            parameter groups (dicts with ``params`` and, say, their own ``lr``): fused AdamW over them, e.g.
+            LoRA+ (``B`` at 16 times ``A``'s learning rate); or an optimizer built by the caller. Every group's
+            learning rate follows the schedule (warm-up, then linear decay), as a multiple of its own ``lr``.
+            Groups that leave out a trainable parameter are refused.
 
     Side effects beyond the trained parameters:
 
@@ -301,8 +342,11 @@ def train(
       and whatever the caller drew before no longer matters to what is drawn after;
     * the model is left in **eval** mode (also after Ctrl-C), whatever mode it came in.
 
-    Ctrl-C (``KeyboardInterrupt``) stops training cleanly and returns what was done so far,
-    with ``result.interrupted`` set, so a long run in a notebook is never lost.
+    Ctrl-C (``KeyboardInterrupt``) stops training and is raised again, after the progress bar is closed
+    and the model put in eval mode: the steps already taken stay in the model's weights, and a cell (or a
+    script) that trains several runs stops at the first press instead of going on to the next run. What
+    was done so far is on the exception, as ``error.train_result`` (a :class:`TrainResult` with
+    ``interrupted`` set), for a caller that catches it.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -315,13 +359,12 @@ def train(
     steps_per_epoch = math.ceil(len(train_data) / batch_size)
     total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     warmup = int(warmup_fraction * total)
-    optimizer = adamw(model, lr, weight_decay, no_decay)
+    optimizer = _optimizer_for(model, optimizer, lr, weight_decay, no_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule_factor(s, total, warmup))
     device = model_device(model)
-    if autocast_dtype == "settings":
-        from lowrank.settings import training_dtype
-
-        autocast_dtype = training_dtype(device)
+    if isinstance(autocast_dtype, str):
+        raise TypeError(f"autocast_dtype must be a torch.dtype or None, got {autocast_dtype!r}: resolve the "
+                        "course's precision where you call train, e.g. autocast_dtype=setup.autocast_dtype")
     pad = model_pad_token_id(model, pad_token_id)
     micro_batch_size = resolve_micro_batch_size(micro_batch_size, device, autocast_dtype)
     wanted = set(snapshot_steps)
@@ -363,8 +406,10 @@ def train(
                 if eval_data is not None and eval_every and result.steps % eval_every == 0 and result.steps < total:
                     result.evaluations.append((result.steps, accuracy(model, eval_data, pad_token_id=pad)))
                     model.train()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:  # raised again: a swallowed Ctrl-C would start the cell's next run
         result.interrupted = True
+        error.train_result = result  # type: ignore[attr-defined]
+        raise
     finally:
         bar.close()
         model.eval()

@@ -7,7 +7,7 @@ from transformers import GPT2Config, GPT2ForSequenceClassification
 
 import lowrank.training
 from lowrank import add_adapters
-from lowrank.settings import bf16_is_fast
+from lowrank.settings import bf16_is_fast, training_dtype
 from lowrank.training import accuracy, batches, predict, train
 from tests.helpers import tiny_split
 
@@ -96,17 +96,32 @@ def test_precision_setting_decides_the_forward_dtype(tiny_model, monkeypatch, se
     seen = []
     hook = model.distilbert.transformer.layer[0].attention.q_lin.register_forward_hook(
         lambda module, args, output: seen.append(output.dtype) if module.training else None)
-    result = train(model, tiny_split(32), batch_size=16, lr=1e-3, progress=False)
+    result = train(model, tiny_split(32), batch_size=16, lr=1e-3, progress=False,
+                   autocast_dtype=training_dtype("cpu"))  # resolved by the caller, as a notebook does
     hook.remove()
     assert set(seen) == {expected}
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights and adapters stay fp32
     assert all(torch.isfinite(torch.tensor(loss)) for loss in result.losses)
 
 
-def test_unknown_precision_is_refused(tiny_model, monkeypatch):
+def test_unknown_precision_is_refused(monkeypatch):
     monkeypatch.setenv("LOWRANK_PRECISION", "fp8")
     with pytest.raises(ValueError, match="LOWRANK_PRECISION='fp8' is not a precision"):
-        train(copy.deepcopy(tiny_model), tiny_split(8), batch_size=8, progress=False)
+        training_dtype("cpu")
+
+
+@pytest.mark.parametrize("setting", ["bf16", "fp8"])
+def test_train_s_precision_is_its_argument_not_the_environment(tiny_model, monkeypatch, setting):
+    """No global decides a library function's precision: the default is the model's own dtype."""
+    monkeypatch.setenv("LOWRANK_PRECISION", setting)
+    model = add_adapters(copy.deepcopy(tiny_model), ["q_lin"], rank=2, alpha=4)
+    seen = []
+    model.distilbert.transformer.layer[0].attention.q_lin.register_forward_hook(
+        lambda module, args, output: seen.append(output.dtype) if module.training else None)
+    train(model, tiny_split(16), batch_size=8, progress=False)
+    assert set(seen) == {torch.float32}
+    with pytest.raises(TypeError, match="autocast_dtype=setup.autocast_dtype"):
+        train(model, tiny_split(16), batch_size=8, progress=False, autocast_dtype="settings")
 
 
 def test_logits_accuracy_scores_given_predictions_and_checks_their_length():
@@ -189,3 +204,87 @@ def test_micro_batch_size_auto_splits_on_cpu_only():
     for bad in ("Auto", 0, 2.5, True):
         with pytest.raises(ValueError, match="'auto', a positive integer or None"):
             resolve(bad, torch.device("cpu"))
+
+
+def lora_plus_groups(model, ratio: float, lr: float) -> list[dict]:
+    """LoRA+ (Hayou et al., 2024): B at ``ratio`` times A's learning rate; the head at A's."""
+    b = [p for name, p in model.named_parameters() if p.requires_grad and name.endswith("lora_B")]
+    rest = [p for name, p in model.named_parameters() if p.requires_grad and not name.endswith("lora_B")]
+    return [{"params": rest, "lr": lr}, {"params": b, "lr": ratio * lr}]
+
+
+def test_lora_plus_groups_train_as_a_hand_written_loop(tiny_model):
+    """train with parameter groups = plain AdamW over the same groups, each lr decayed linearly by hand."""
+    data, lr, steps = tiny_split(), 1e-3, 6
+    start = add_adapters(tiny_model, ["q_lin", "v_lin"], rank=2, alpha=4)
+    ours = copy.deepcopy(start)
+    train(ours, data, epochs=2, batch_size=8, lr=lr, warmup_fraction=0.0, weight_decay=0.0, progress=False,
+          micro_batch_size=None, optimizer=lora_plus_groups(ours, 16, lr))
+
+    by_hand = copy.deepcopy(start)
+    groups = lora_plus_groups(by_hand, 16, lr)
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0, foreach=False)
+    peak = [group["lr"] for group in groups]
+    lowrank.training.seed_everything(0)
+    by_hand.train()
+    taken = 0
+    for epoch in range(2):
+        for batch in batches(data, 8, shuffle=True, seed=epoch, pad_token_id=0):
+            for group, top in zip(optimizer.param_groups, peak):
+                group["lr"] = top * (steps - taken) / steps  # no warm-up, linear decay to 0
+            optimizer.zero_grad()
+            by_hand(**batch).loss.backward()
+            optimizer.step()
+            taken += 1
+    assert taken == steps
+    for (name, a), b in zip(ours.named_parameters(), by_hand.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+
+    same_lr = copy.deepcopy(start)  # and the groups matter: B at A's rate ends elsewhere
+    train(same_lr, data, epochs=2, batch_size=8, lr=lr, warmup_fraction=0.0, weight_decay=0.0, progress=False,
+          micro_batch_size=None, optimizer=lora_plus_groups(same_lr, 1, lr))
+    b_name = "distilbert.transformer.layer.0.attention.q_lin.lora_B"
+    assert not torch.allclose(dict(same_lr.named_parameters())[b_name], dict(ours.named_parameters())[b_name])
+
+
+def test_an_optimizer_passed_in_is_stepped_and_must_cover_every_trainable_parameter(tiny_model):
+    model = add_adapters(tiny_model, ["q_lin"], rank=2, alpha=4)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    before = model.classifier.weight.detach().clone()
+    train(model, tiny_split(), max_steps=2, batch_size=8, progress=False, optimizer=optimizer)
+    assert optimizer.state_dict()["param_groups"][0]["initial_lr"] == 0.1  # the schedule scaled this one
+    assert not torch.equal(before, model.classifier.weight)
+    only_b = [{"params": [p for n, p in model.named_parameters() if n.endswith("lora_B")]}]
+    with pytest.raises(ValueError, match="leave out .* trainable parameter"):
+        train(model, tiny_split(), max_steps=1, batch_size=8, progress=False, optimizer=only_b)
+
+
+def test_ctrl_c_is_raised_again_with_the_partial_result(tiny_model):
+    """A cell that trains several runs stops at the first Ctrl-C instead of starting the next run."""
+    model = add_adapters(tiny_model, ["q_lin"], rank=2, alpha=4)
+
+    def interrupt_at_step_2(m):
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        seen.append(1)
+        return {}
+
+    seen: list[int] = []
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(model, tiny_split(), max_steps=5, batch_size=8, progress=False, snapshot_steps=[0, 1, 2, 3],
+              snapshot=interrupt_at_step_2)
+    partial = caught.value.train_result
+    assert partial.interrupted and partial.steps == 2 and len(partial.losses) == 2
+    assert not model.training  # left in eval mode
+
+
+def test_predict_puts_logits_back_with_the_order_batches_uses(tiny_model, monkeypatch):
+    """One place decides the order: change it, and predict still returns the split's order."""
+    data = tiny_split()
+    expected = predict(tiny_model, data, batch_size=5)
+    original = lowrank.training.batch_order
+    monkeypatch.setattr(lowrank.training, "batch_order",
+                        lambda lengths, shuffle, seed=0: list(reversed(original(lengths, shuffle, seed))))
+    assert next(batches(data, 5, shuffle=False, pad_token_id=0))["input_ids"].shape[1] == max(
+        len(ids) for ids in data["input_ids"])  # the longest rows come first now
+    torch.testing.assert_close(predict(tiny_model, data, batch_size=5), expected, atol=1e-5, rtol=1e-5)
