@@ -101,6 +101,10 @@ def test_the_repository_course_lists_its_parts_in_order():
     parts = [lesson.part for lesson in lessons]
     assert parts == sorted(parts, key=PARTS.index)  # the path, then in practice, then the solutions
     assert all(lesson.notebook.startswith("notebooks/") for lesson in lessons)
+    on_disk = {str(path.relative_to(run_course.ROOT)) for path in (run_course.ROOT / "notebooks").rglob("*.ipynb")
+               if not any(part.startswith(".") for part in path.parts)}
+    unlisted = on_disk - {lesson.notebook for lesson in lessons}
+    assert not unlisted, f"notebooks that course.toml does not list (so neither make course nor the site knows them): {unlisted}"
 
 
 def test_readiness_follows_needs():
