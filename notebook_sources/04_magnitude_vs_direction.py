@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -19,43 +19,11 @@
 # **magnitude** (ΔM) against how much they changed in **direction** (ΔD), per layer, at several checkpoints. It reports
 # that full fine-tuning (FT) shows a *negative* correlation between the two (large direction changes come with small
 # magnitude changes and vice versa), LoRA a *positive* one (both move together, "proportionally"), and DoRA a negative
-# one like FT. The paper did not release the code for this analysis; here it is, run on this course's backbone.
-
-# %% [markdown]
-# ### Running this notebook
+# one like FT. The paper did not release the code for this analysis. You will write ΔM and ΔD, fine-tune three ways,
+# draw the figure on this course's model, and read where it agrees with the paper's and where it does not.
 #
-# **Runtime, measured:** 1¾ min with `LOWRANK_PROFILE=quick`, 13 min with `full`, on a 2-core machine whose CPU has AMX, so training ran in bf16 (the default, `LOWRANK_PRECISION=auto`: bf16 where the hardware multiplies it, else fp32). Both were measured two notebooks at a time, one torch thread each: quick under `make test` (fp32 `torch.mm` 2048³ at about 125–150 GFLOP/s per thread), full under `make course` (163 GFLOP/s per thread). Times scale roughly inversely with your machine's rate. In fp32 (`LOWRANK_PRECISION=fp32`, or a CPU without bf16 hardware) the previous full run took 25 min on one thread.
-#
-# **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
-# `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
-# printed below names the profile that ran, with the backbone, the data and the device. To switch inside the
-# notebook, set `PROFILE = "quick"` in the next cell (it sets `os.environ["LOWRANK_PROFILE"]` before `lowrank` is
-# imported) and run from the top; or start Jupyter with the environment variable `LOWRANK_PROFILE=quick`.
-#
-# **Stopping early.** Interrupting the kernel (■ in the toolbar, or `I`, `I`; Ctrl-C in a terminal) while a training
-# progress bar runs ends that training and keeps what it did: `lowrank`'s `train` returns the steps done so far
-# (with `interrupted` set), and the cell goes on with the partly trained model.
-
-# %%
-# The one place to choose the profile inside the notebook: None keeps $LOWRANK_PROFILE (default "full");
-# "quick" for a live class, "full" for self-study. It must run before lowrank is imported: run from the top.
-import os
-
-PROFILE = None
-if PROFILE:
-    os.environ["LOWRANK_PROFILE"] = PROFILE
-
-# %%
-# Google Colab only (does nothing anywhere else): install the course package and its dependencies.
-# First put your copy of this repository into the session, e.g. `!git clone <its address> /content/lowrank`.
-import sys
-
-if "google.colab" in sys.modules:
-    import subprocess
-
-    REPOSITORY = "/content/lowrank"  # where the clone is
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", REPOSITORY], check=True)
-    sys.path.insert(0, REPOSITORY)  # importable now, without restarting the runtime
+# About 13–25 min in the full profile, 2 min in quick, on a 2-core CPU ([measured how](../docs/runtimes.md)).
+# To switch, set `profile="quick"` (or `"full"`) in the next cell and run from the top.
 
 # %%
 import copy
@@ -77,7 +45,7 @@ from lowrank.notebook import setup_notebook
 from lowrank.settings import backbone_display_name, dataset_display_name, figure_path
 from lowrank.training import accuracy, seed_everything, train
 
-setup = setup_notebook(load=True)
+setup = setup_notebook(profile=None, load=True)  # None: $LOWRANK_PROFILE (default "full"); "quick" for a live class
 profile, device, model, tokenizer, data = setup.profile, setup.device, setup.model, setup.tokenizer, setup.data
 
 # %% [markdown]
@@ -118,8 +86,9 @@ for label, (dm, dd) in synthetic.items():
 # We snapshot the effective query and value matrices of all layers at three intermediate steps and the final step.
 
 # %% [markdown]
-# *Long cell* (51 s quick, 7 min full, measured as in the first cell): three training runs, one after the other. Interrupting the kernel ends the
-# run in progress and keeps what it trained (and its snapshots so far); the next run then starts.
+# *Long cell* (about 7 min in the full profile, 1 min in quick): three training runs, one after the other.
+# Interrupting the kernel ends the run in progress and keeps what it trained (and its snapshots so far); the next run
+# then starts.
 
 # %%
 total_steps = profile.analysis_steps
@@ -179,12 +148,14 @@ value_points = figure("v_lin", "Value matrices", figure_path("04_value_dm_dd.png
 # %% [markdown]
 # ## 4. This course's correlations next to the paper's
 #
-# The paper's numbers are for VL-BART query matrices (FT −0.62, LoRA +0.83, DoRA −0.31). Ours come from a different,
-# much smaller model and task, so agreement in *sign* is the meaningful test.
+# The paper reports one correlation per method for VL-BART's query matrices (FT −0.62, LoRA +0.83, DoRA −0.31); it
+# names neither the statistic nor how a panel's points were combined. The table sets them beside our correlation of
+# all of a panel's points ("pooled"), Pearson and Spearman, the nearest reading of one number per panel. Ours come
+# from a different, much smaller model and task, so agreement in *sign* is the meaningful comparison.
 #
 # Every point of a panel mixes two sources of variation: *between checkpoints* (both ΔM and ΔD grow as training goes
 # on, which by itself pushes the correlation towards +1) and *between layers at one checkpoint*. So next to the pooled
-# correlation (the paper's number) we give the correlation *within* checkpoints: subtract each checkpoint's mean ΔD
+# correlation we give the correlation *within* checkpoints: subtract each checkpoint's mean ΔD
 # and ΔM from its points (for Spearman: rank within each checkpoint), then correlate all residuals. And since the four
 # checkpoints of one layer are not independent points, each 95 % interval comes from resampling whole *layers*
 # (2,000 draws of six layers with replacement, all checkpoints of a drawn layer kept), not single points. With six
@@ -211,6 +182,7 @@ points_file = write_points_csv(figure_path("04_points.csv"), [p for per_method i
 # much of each was already there at the first checkpoint:
 
 # %%
+early = {}  # (matrices, method) -> share of the final median ΔM already there at the first checkpoint
 for kind, per_method in [("query", query_points), ("value", value_points)]:
     for label, points in per_method.items():
         last, first = max(p.step for p in points), min(p.step for p in points)
@@ -219,18 +191,23 @@ for kind, per_method in [("query", query_points), ("value", value_points)]:
         median_dm = np.median([p.delta_m for p in at[last]])
         early_dm = np.median([p.delta_m for p in at[first]]) / median_dm
         early_dd = np.median([p.delta_d for p in at[first]]) / median_dd
+        early[kind, label] = early_dm
         print(f"{kind:>6} {label:>5}: step {last}: median ΔD {median_dd:.1e}, median ΔM {median_dm:.1e}; "
               f"at step {first}: {early_dd:.0%} of that ΔD, {early_dm:.0%} of that ΔM")
+for kind in ("query", "value"):
+    print(f"{kind}: at the first checkpoint DoRA's magnitude is further along than LoRA's: "
+          f"{early[kind, 'DoRA'] > early[kind, 'LoRA']}; LoRA's already has {early[kind, 'LoRA']:.0%} of its final ΔM")
 
 # %% [markdown]
 # ### Does the sign depend on the learning rate or the seed?
 #
 # Full fine-tuning's sign is the clearest disagreement with the paper, so we repeat it: once with a 3× larger learning
 # rate, once with another seed (another data order and head initialisation), the same number of steps, query matrices
-# only. (DoRA's runs are repeated under many more conditions in notebook 06.)
+# only. (Notebook 05 repeats all three methods under many more conditions.)
 
 # %% [markdown]
-# *Long cell* (39 s quick, 5¾ min full, measured as in the first cell): two more training runs. Interrupting the kernel ends the run in progress and keeps what it trained.
+# *Long cell* (about 6 min in the full profile, under a minute in quick): two more training runs. Interrupting the
+# kernel ends the run in progress and keeps what it trained.
 
 # %%
 query_only = r"\.q_lin$"
@@ -258,22 +235,17 @@ for label, (lr, seed) in variants.items():
 # ## 5. Reading it honestly
 #
 # **LoRA** comes out with a positive slope, as in the paper. But so does full fine-tuning here, so a positive slope
-# alone says little. For LoRA, most of ΔM is one geometric effect: when nothing else acts on a row's norm, a step
-# *perpendicular* to the row still lengthens it (Pythagoras: `‖w + g⊥‖ − ‖w‖ ≈ ‖g⊥‖²/(2‖w‖)`), which is `‖w‖` times
-# its direction change, so magnitude follows direction. For FT that term is a small part in runs as short as these
-# (notebook 06, section 4: its short regime; in its long regime it is more than half):
-# its rows also grow or shrink along themselves, and the paper's mean of `|·|` turns those changes into a ΔM that
-# grows with the step size, as ΔD does, so its slope is positive too.
+# alone says little. One geometric effect ties LoRA's ΔM to its ΔD: when nothing else acts on a row's norm, a step
+# *perpendicular* to the row still lengthens it (Pythagoras: `‖w + g⊥‖ − ‖w‖ ≈ ‖g⊥‖²/(2‖w‖)`), which is `‖w‖`
+# times its direction change, so magnitude follows direction.
 #
-# **Full fine-tuning and DoRA** do not show the paper's negative slope in the paper's statistic (pooled, query
-# matrices: the table of section 4). DoRA's *value* matrices have a negative slope across layers once the time
-# trend is removed (within checkpoints, same table; in the committed run both its intervals exclude zero, while
-# DoRA's query matrices show no such slope), with only the little weight decay these runs have (printed below);
-# with six layers every such interval is rough (section 4). Notebook 06 studies the signs one factor at a time and finds that AdamW's decoupled weight decay at the
-# paper's cumulative strength, read at late checkpoints, produces the paper's signs in its short regime: for FT in both
-# of its runs, with an interval that excludes zero, and less clearly for DoRA, whose intervals cross zero; in its long
-# regime FT's sign differed between the two runs. Decay multiplies
-# every decayed weight by `(1 − lr·λ)` each step, so what matters is the cumulative `λ·Σlr`. This notebook trains with
+# **Full fine-tuning and DoRA** do not show the paper's negative sign in the pooled correlation (the table of
+# section 4). The rows "within checkpoints" of the same table say whether a negative slope across layers appears once
+# the time trend is removed; read only signs whose interval excludes zero, and remember that with six layers every
+# such interval is rough.
+#
+# One difference from the paper's training is easy to measure: weight decay. AdamW's decoupled decay multiplies every
+# decayed weight by `(1 − lr·λ)` at each step, so what matters is the cumulative `λ·Σlr`. This notebook trains with
 # `train()`'s default λ = 0.01 for a few hundred steps; the paper's 20-epoch runs have far more:
 
 # %%
@@ -282,29 +254,28 @@ from lowrank.figure2 import PAPER_CUMULATIVE_DECAY, cumulative_lr
 for label, spec in methods.items():
     ours = 0.01 * cumulative_lr(spec["lr"], total_steps, warmup_fraction=0.06)[-1]
     print(f"{label:>5}: λ·Σlr = {ours:.1e} here; about {PAPER_CUMULATIVE_DECAY[label]:.2f} in the paper's runs "
-          f"(notebook 06 explains the estimate)")
+          f"(notebook 05 explains the estimate)")
 
 # %% [markdown]
-# Decay of the parameter that carries a row's norm (FT's weight, DoRA's magnitude) shrinks the row in proportion to its
-# norm and leaves its direction alone, while a gradient step of a given size turns a small-norm row more than a large
-# one. In notebook 06's runs at our estimate of the paper's strength, decay makes most of FT's ΔM and of DoRA's (its
-# magnitude vector is decayed too, in the paper's official code) and has no direct term in LoRA's (decay reaches only
-# `A` and `B`, never `W0`'s row norms). In the short regime, large-norm layers then lose more magnitude and turn less:
-# a negative slope within checkpoints for FT and DoRA, in both of notebook 06's runs of its study (FT's intervals
-# exclude zero; DoRA's do not in one of them), and a positive one for LoRA; in the longer regime FT's sign changed between those two runs. Notebook 06 shows which part of each ΔM comes from decay and which from the
-# gradient, and that the pooled number the paper plots also depends on where its checkpoints sit.
+# Why could that matter? Decay of the parameter that carries a row's norm (FT's weight; DoRA's magnitude, which the
+# paper's official code decays too) shrinks each row in proportion to its norm and leaves its direction alone, while
+# a gradient step of a given size turns a small-norm row more than a large one. Large-norm layers would then lose
+# more magnitude and turn less: large ΔM with small ΔD, the paper's negative sign, for FT and DoRA. LoRA's decay
+# reaches only `A` and `B`, never `W0`'s row norms. Notebook 05 tests this idea one factor at a time, at the paper's
+# cumulative strength.
 #
-# **DoRA's magnitude, like FT's weights, moves early; LoRA's does not.** The table of medians in section 4 (before
-# the learning-rate and seed check) shows how much of each method's final ΔM and ΔD is already there at the first
-# checkpoint. Adam trains DoRA's `m` (and FT's weights) directly: each entry can move by up to about the
-# learning rate per step, from the first step. Its direction changes only as the low-rank update `B·A` grows from
-# zero, and ΔD grows with the *square* of the angle, so an early ΔD fraction is smaller than the ΔM fraction even
-# when the angle is not small.
+# **Magnitudes move early in all three methods, LoRA's included.** The table of
+# medians in section 4 (before the learning-rate and seed check) shows how much of each method's final ΔM and ΔD is
+# already there at the first checkpoint, a quarter of the way through, and the lines under it compare DoRA with
+# LoRA. Adam trains DoRA's `m` (and FT's weights) directly: each entry can move by up to about the learning rate per step,
+# from the first step. LoRA has no parameter that sets a row's norm directly: its rows change only through the
+# low-rank update `B·A`, which grows from zero (`B` starts at zero), so its ΔM grows only as `B·A` does. ΔD grows with the *square* of the
+# angle, so an early ΔD fraction is smaller than the ΔM fraction even when the angle is not small.
 #
 # Our setting still differs from the paper's in ways the study cannot remove: a 22.7 M-parameter (notebook 02) sentence-embedding
 # model read through its first token instead of VL-BART, one binary tweet task instead of multi-task
-# vision-language training, hundreds of steps instead of tens of thousands. `python -m lowrank.analyze` (notebook 05
-# and the README) draws the same figure for your own checkpoints.
+# vision-language training, hundreds of steps instead of tens of thousands. The practitioner notebook
+# [A3](in_practice/A3_your_own_checkpoints.ipynb) draws the same figure for your own checkpoints.
 
 # %% [markdown]
 # ## What you learned
@@ -315,18 +286,18 @@ for label, spec in methods.items():
 #   per layer and checkpoint, for each method.
 # * A pooled correlation mixes the time trend with the differences between layers; the correlation within
 #   checkpoints separates them, and intervals must resample whole layers, not points.
-# * Section 4 prints which of the paper's signs this course's runs reproduce, and whether full fine-tuning's
-#   positive sign here persists at another learning rate and seed.
-# * A step perpendicular to a row also lengthens it, which ties ΔM to ΔD for LoRA (for FT in runs as short as
-#   these, other first-order changes dominate);
-#   the cumulative weight decay `λ·Σlr` of these runs is far below the paper's (section 5 prints both).
+# * Section 4 prints where this course's signs agree with the paper's and where they do not, and whether full
+#   fine-tuning's positive sign here persists at another learning rate and seed.
+# * A step perpendicular to a row also lengthens it, which ties ΔM to ΔD for LoRA; the cumulative weight decay
+#   `λ·Σlr` of these runs is far below the paper's (section 5 prints both), and notebook 05 asks whether that is
+#   what turns the slope.
 #
 # ## Exercises
 #
-# Times are for a 2-core laptop CPU in the quick profile. Checked solutions:
-# [solutions/04_solutions.ipynb](solutions/04_solutions.ipynb).
+# Times are for thinking and typing. Checked solutions: [solutions/04_solutions.ipynb](solutions/04_solutions.ipynb).
 #
-# 1. **The analysis with weight decay off** *(about 15 minutes, a minute of it training)*. This notebook trains
+# 1. **The analysis with weight decay off** *(about 15 minutes, plus two training runs as long as section 2's DoRA
+#    run)*. This notebook trains
 #    with `lowrank.train`'s default weight decay, λ = 0.01. Predict how much of DoRA's magnitude change that decay
 #    makes (decay multiplies `m` by `1 − lr_t·λ` at each step; `lowrank.figure2.decay_factors` gives the product;
 #    pass `warmup_fraction=0.06`, `train()`'s default),
