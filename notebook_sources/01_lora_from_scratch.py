@@ -16,52 +16,13 @@
 # # 01 — LoRA from scratch
 #
 # Low-Rank Adaptation (Hu et al., 2021, [arXiv:2106.09685](https://arxiv.org/abs/2106.09685)) fine-tunes a
-# pretrained network by *freezing* every weight matrix `W` and learning a small update `ΔW = (α/r)·B·A`
-# of rank at most `r`. This notebook builds it in front of you and checks each claim by running it:
+# pretrained network by *freezing* every weight matrix `W` and learning a small update `ΔW = (α/r)·B·A` of rank at
+# most `r`. You will see why a low-rank update is enough, write the layer yourself, find out why it scales by `α/r`,
+# count what it trains, merge it away for inference, and run the mistakes of the article this course grew out of.
 #
-# 1. why a low-rank update is enough (the spectrum of a real fine-tuning update);
-# 2. the formula with PyTorch's axes, which factor starts at zero, where dropout goes, and a `LoRALinear` layer
-#    built step by step, checked against `lowrank.LoRALinear`;
-# 3. why `α/r` (measured);
-# 4. parameter counts;
-# 5. merging for inference at no extra cost;
-# 6. the mistakes of the article this course grew out of, each run to show what goes wrong.
-
-# %% [markdown]
-# ### Running this notebook
-#
-# **Runtime, measured:** 28 s with `LOWRANK_PROFILE=quick`, 1½ min with `full`, on a 2-core machine whose CPU has AMX, so training ran in bf16 (the default, `LOWRANK_PRECISION=auto`: bf16 where the hardware multiplies it, else fp32). Both were measured two notebooks at a time, one torch thread each: quick under `make test` (fp32 `torch.mm` 2048³ at about 125–150 GFLOP/s per thread), full under `make course` (163 GFLOP/s per thread). Times scale roughly inversely with your machine's rate. In fp32 (`LOWRANK_PRECISION=fp32`, or a CPU without bf16 hardware) the previous full run took 2 min on one thread.
-#
-# **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
-# `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
-# printed below names the profile that ran, with the backbone, the data and the device. To switch inside the
-# notebook, set `PROFILE = "quick"` in the next cell (it sets `os.environ["LOWRANK_PROFILE"]` before `lowrank` is
-# imported) and run from the top; or start Jupyter with the environment variable `LOWRANK_PROFILE=quick`.
-#
-# **Stopping early.** Interrupting the kernel (■ in the toolbar, or `I`, `I`; Ctrl-C in a terminal) while a training
-# progress bar runs ends that training and keeps what it did: `lowrank`'s `train` returns the steps done so far
-# (with `interrupted` set), and the cell goes on with the partly trained model.
-
-# %%
-# The one place to choose the profile inside the notebook: None keeps $LOWRANK_PROFILE (default "full");
-# "quick" for a live class, "full" for self-study. It must run before lowrank is imported: run from the top.
-import os
-
-PROFILE = None
-if PROFILE:
-    os.environ["LOWRANK_PROFILE"] = PROFILE
-
-# %%
-# Google Colab only (does nothing anywhere else): install the course package and its dependencies.
-# First put your copy of this repository into the session, e.g. `!git clone <its address> /content/lowrank`.
-import sys
-
-if "google.colab" in sys.modules:
-    import subprocess
-
-    REPOSITORY = "/content/lowrank"  # where the clone is
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", REPOSITORY], check=True)
-    sys.path.insert(0, REPOSITORY)  # importable now, without restarting the runtime
+# About 2 min in the full profile, ½ min in quick, on a 2-core laptop CPU ([measured how](../docs/runtimes.md)).
+# To switch, pass `profile="quick"` (live class) or `"full"` (self-study, the saved outputs) in the next cell and
+# run from the top.
 
 # %%
 import copy
@@ -76,7 +37,7 @@ from lowrank.notebook import setup_notebook
 from lowrank.settings import figure_path
 from lowrank.training import seed_everything, train
 
-setup = setup_notebook(load=True, use_device=False)
+setup = setup_notebook(profile=None, load=True, use_device=False)  # None: $LOWRANK_PROFILE (default "full")
 profile, model, tokenizer, data = setup.profile, setup.model, setup.tokenizer, setup.data
 
 # %% [markdown]
@@ -90,7 +51,7 @@ profile, model, tokenizer, data = setup.profile, setup.model, setup.tokenizer, s
 # query matrix, `W_0` itself, and a random matrix of the same shape.
 
 # %% [markdown]
-# *Long cell* (7 s quick, 48 s full, measured as in the first cell); interrupting the kernel keeps what was trained.
+# *Long cell* (under a minute in the full profile): a short fine-tune. Interrupting the kernel keeps what it trained.
 
 # %%
 queries = [name for name, _ in model.named_modules() if name.endswith("q_lin")]
@@ -350,32 +311,24 @@ for name, seconds in latency.items():
 #
 # This course grew out of a short blog article, "LoRA和DoRA" ("LoRA and DoRA", in Chinese, by 张广益, 16 May 2024),
 # which shows how to put both into DistilBERT (it builds the models and counts their trainable parameters; it
-# trains nothing). Its code has bugs that are easy to copy. Each one below is executed, so
-# you can see what it does.
+# trains nothing). Its LoRA code has mistakes that are easy to copy; each one is run below. (Its DoRA code has
+# more, which notebook 03 runs once DoRA is built.)
 #
-# > **The seed article's mistakes**
-# > 1. *Text and code disagree on the zero factor.* The text says "在初始化时，矩阵 A 为零矩阵，B 为随机的高斯分布"
-# >    ("at initialisation, A is a zero matrix and B random Gaussian"); its `LoRALayer` does the opposite (run
-# >    below): its code zeros the factor applied last (its `B`, `[r, out]`, the conventional choice under
-# >    transposed names). Zeroing either factor gives `W' = W` at the start; making both random does not, so
-# >    "fixing" the disagreement that way no longer starts from the pretrained model. Its `DoRALayer` then
-# >    zeros the *input-side* factor (`lora_B`, `[r, in]`, applied to `x` first), where the LoRA paper and
-# >    PEFT zero the output-side factor: a different initialisation. Hayou et al. (2024) compare the two and
-# >    find that zeroing the output-side factor (the paper's `B`) allows larger learning rates and trains better
-# >    on average.
-# > 2. *It scales by `α`, not `α/r`*: changing `r` silently changes the step size (section 3).
-# > 3. *DoRA's norm over `dim=0`* of an `[out, in]` weight normalises input columns, not output rows —
-# >    and nothing complains, on any shape: the `[1, in]` magnitude broadcasts against the `[out, in]` weight
-# >    (run below on a 6-in, 4-out layer; notebook 03 on DistilBERT's non-square `ffn.lin1`). Notebook 03
-# >    shows the wrong magnitudes it produces.
-# > 4. *The code cannot run as printed*: `DoRALayer` uses `nn`/`F` without importing them and breaks when `bias`
-# >    is `None`; the script sets `lora_dropout = 0.05` and passes it to no layer; the LoRA section's example
-# >    `forward` returns an undefined `logits`.
-# > 5. *No detach of the norm*: more memory than the paper's method (notebook 03 measures it).
+# 1. *Text and code disagree on the zero factor.* The text says "在初始化时，矩阵 A 为零矩阵，B 为随机的高斯分布"
+#    ("at initialisation, A is a zero matrix and B random Gaussian"); its `LoRALayer` does the opposite: it zeros
+#    the factor applied last (its `B`, `[r, out]`, the conventional choice under transposed names). Zeroing either
+#    factor gives `W' = W` at the start; making both random does not, so "fixing" the disagreement that way no
+#    longer starts from the pretrained model. The two conventions do not train alike: Hayou et al. (2024) find
+#    that zeroing the factor applied last (the paper's `B`) allows larger learning rates and trains better on
+#    average.
+# 2. *It scales by `α`, not `α/r`*: its update is `r` times the LoRA paper's, so changing `r` silently changes the
+#    step size (section 3 measured it).
+# 3. *A dropout that no layer receives*: the script sets `lora_dropout = 0.05` and passes it to no layer.
+# 4. *An example that cannot run*: its example `forward` returns an undefined `logits`.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-# Mistake 1: the article's LoRALayer, as printed, next to its text ("A is zero, B Gaussian").
+# Mistakes 1 and 2: the article's LoRALayer, as printed, next to its text ("A is zero, B Gaussian").
 class SeedLoRALayer(torch.nn.Module):
     def __init__(self, in_dim, out_dim, rank, alpha):
         super().__init__()
@@ -389,13 +342,13 @@ class SeedLoRALayer(torch.nn.Module):
         return x
 
 
+torch.manual_seed(0)
 seed_lora = SeedLoRALayer(12, 7, rank=4, alpha=8)
 for factor in ("A", "B"):
     tensor = getattr(seed_lora, factor)
     print(f"code's {factor}: shape {tuple(tensor.shape)}, all zero: {bool((tensor == 0).all())}")
 
-# And a layer where neither factor is zero does not start at the pretrained model.
-torch.manual_seed(0)
+# A layer where neither factor is zero does not start at the pretrained model.
 both_random = lowrank.LoRALinear(nn.Linear(384, 384), rank=8, alpha=16)
 with torch.no_grad():
     both_random.lora_B.normal_(std=1 / 8 ** 0.5)  # the article's std for its random factor
@@ -404,45 +357,25 @@ print("both random, output equals base at step 0:", torch.allclose(both_random(x
 print(f"relative change of the weight before any training: "
       f"{(both_random.low_rank_update().norm() / both_random.base.weight.norm()).item():.1f}x ‖W‖")
 
+# Its scaling: give it the same factors as a lowrank.LoRALinear (transposed: its names are [in, r] and [r, out]).
+paper = lowrank.LoRALinear(nn.Linear(12, 7), rank=4, alpha=8)
+with torch.no_grad():
+    seed_lora.B.normal_()
+    paper.lora_A.copy_(seed_lora.A.T)
+    paper.lora_B.copy_(seed_lora.B.T)
+x = torch.randn(5, 12)
+print("the seed's update is r = 4 times the LoRA paper's (α/r):",
+      torch.allclose(seed_lora(x), 4 * paper.lora_branch(x), atol=1e-5))
+
 # %%
 # NBVAL_CHECK_OUTPUT
-# Mistake 4: the article's DoRALayer, run as printed.
-seed_dora_source = '''
-class DoRALayer(nn.Module):
-    def __init__(self, linear, rank=4, alpha=8):
-        super().__init__()
-        self.weight = nn.Parameter(linear.weight, requires_grad=False)
-        self.bias = nn.Parameter(linear.bias, requires_grad=False)
-        self.m = nn.Parameter(self.weight.norm(p=2, dim=0, keepdim=True))
-        self.alpha = alpha
-        std_dev = 1 / torch.sqrt(torch.tensor(rank).float())
-        self.lora_A = nn.Parameter(torch.randn(linear.out_features, rank)*std_dev)
-        self.lora_B = nn.Parameter(torch.zeros(rank, linear.in_features))
+# Mistakes 3 and 4. The article sets `lora_dropout = 0.05`, then builds its layers with
+# `partial(LinearWithLoRA, rank=lora_r, alpha=lora_alpha)`; `LinearWithLoRA(linear, rank, alpha)` passes them on to
+# its `LoRALayer`. What does that layer accept?
+import inspect
 
-    def forward(self, x):
-        lora = self.alpha * torch.matmul(self.lora_A, self.lora_B)
-        adapted = self.weight + lora
-        column_norm = adapted.norm(p=2, dim=0, keepdim=True)
-        norm_adapted = adapted / column_norm
-        calc_weights = self.m * norm_adapted
-        return F.linear(x, calc_weights, self.bias)
-'''
-namespace = {"torch": torch}  # the article never imports nn or F
-try:
-    exec(seed_dora_source, namespace)
-except NameError as error:
-    print("as printed:", type(error).__name__, "-", error)
-
-namespace.update(nn=nn, F=F)  # add the missing imports and try again
-exec(seed_dora_source, namespace)
-SeedDoRALayer = namespace["DoRALayer"]
-no_bias = SeedDoRALayer(nn.Linear(6, 4, bias=False))  # builds: nn.Parameter(None) is an empty tensor ...
-try:
-    no_bias(torch.randn(2, 6))  # ... which F.linear then tries to add as a bias
-except RuntimeError as error:
-    print("with bias=None:", type(error).__name__, "-", str(error).split(".")[0])
-layer = SeedDoRALayer(nn.Linear(6, 4))
-print("shape of its magnitude m:", tuple(layer.m.shape), "- one per *input* feature, not per output feature")
+parameters = list(inspect.signature(SeedLoRALayer.__init__).parameters)[1:]
+print(f"SeedLoRALayer takes {parameters}: a dropout argument? {any('dropout' in p for p in parameters)}")
 
 
 def seed_forward(self, x):  # the article's example forward for a model with LoRA layers
@@ -459,26 +392,11 @@ try:
 except NameError as error:
     print("example forward:", type(error).__name__, "-", error)
 
-# %%
-# NBVAL_CHECK_OUTPUT
-# The article sets `lora_dropout = 0.05`, then builds its layers with
-# `partial(LinearWithLoRA, rank=lora_r, alpha=lora_alpha)` and `partial(DoRALayer, rank=lora_r, alpha=lora_alpha)`;
-# `LinearWithLoRA(linear, rank, alpha)` passes them on to its `LoRALayer`. What do the two layers accept?
-import inspect
-
-for seed_class in (SeedLoRALayer, SeedDoRALayer):
-    parameters = list(inspect.signature(seed_class.__init__).parameters)[1:]
-    print(f"{seed_class.__name__} takes {parameters}: a dropout argument? {any('dropout' in p for p in parameters)}")
-print("seed DoRALayer on a 6-in, 4-out layer with its [1, in] magnitude runs without complaint, output",
-      tuple(layer(torch.randn(2, 6)).shape))
-print("seed DoRALayer's zero factor:", "lora_B" if bool((layer.lora_B == 0).all()) else "lora_A",
-      tuple(layer.lora_B.shape), "= [r, in], the input side")
-
 # %% [markdown]
 # So the article's `lora_dropout = 0.05` is a variable that no layer receives: a model built this way would train
 # without dropout. In `lowrank`, `dropout` is an argument of every adapter and acts on the LoRA branch.
 #
-# **Next:** notebook 02 puts these layers into DistilBERT and fine-tunes it on sentiment.
+# **Next:** notebook 02 puts your layer into a pretrained model and fine-tunes it on sentiment.
 
 # %% [markdown]
 # ## What you learned
@@ -492,8 +410,8 @@ print("seed DoRALayer's zero factor:", "lora_B" if bool((layer.lora_B == 0).all(
 # * LoRA trains `r·(in + out)` numbers per matrix: with rank-8 adapters on the query and value matrices, the whole
 #   model trains about 1 % of its parameters, most of them the new head (section 4 prints the adapters alone).
 # * Merging writes `W + (α/r)·B·A` into a plain `nn.Linear`: same logits, and the base model's cost (section 5).
-# * The seed article's code, run: a layer that cannot run as printed, a magnitude per *input* feature, a dropout
-#   that no layer receives.
+# * The seed article's LoRA code, run: text and code disagree on which factor is zero, it scales by `α` (`r` times
+#   the paper's update), and its dropout reaches no layer.
 #
 # ## Exercises
 #

@@ -18,16 +18,7 @@
 # Try each exercise before reading its solution. Every solution checks its own answer with an `assert`, so
 # this notebook fails loudly (and the course's tests with it) if an answer stops being true.
 #
-# **Runtime on a 2-core laptop CPU:** a few seconds of work after the imports, in either profile (no
-# training of the backbone: the exercises use one layer).
-
-# %%
-# The profile: None keeps $LOWRANK_PROFILE (default "full"); set "quick" for a fast pass, then run from the top.
-import os
-
-PROFILE = None
-if PROFILE:
-    os.environ["LOWRANK_PROFILE"] = PROFILE
+# A few seconds of work after the imports, in either profile: the exercises train single layers, not the backbone.
 
 # %%
 import copy
@@ -38,10 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import lowrank
-from lowrank.settings import current_profile
+from lowrank.notebook import setup_notebook
 
-profile = current_profile()
-print(f"profile: {profile.name}")
+setup = setup_notebook(profile=None)  # None: $LOWRANK_PROFILE (default "full"); nothing here depends on it
 
 # %% [markdown]
 # ## Exercise 1 — rsLoRA as a layer
