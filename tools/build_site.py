@@ -46,7 +46,7 @@ mathjax2_config = {"tex2jax": {"inlineMath": [["\\\\(", "\\\\)"]], "displayMath"
                    "HTML-CSS": {"availableFonts": [], "webFont": "STIX-Web", "imageFont": None},
                    "SVG": {"font": "STIX-Web"}}
 exclude_patterns = ["_build"]
-suppress_warnings = ["myst.header", "myst.xref_missing", "misc.highlighting_failure", "toc.not_included"]
+suppress_warnings = ["myst.header", "misc.highlighting_failure", "toc.not_included"]
 '''
 #: <script src="http..."> or <link href="http..."> in a page: something a reader offline would not get.
 REMOTE = re.compile(r"<(?:script|link)\b[^>]*\b(?:src|href)=[\"']?(?:https?:)?//", re.IGNORECASE)
