@@ -7,7 +7,9 @@ so that the machine's noise hits all alike. Prints the compile time and each med
 fp32. Compiling needs a C++ compiler; batches of another length compile again (the course's batches
 vary in length, which this benchmark does not measure).
 
-    python bench/compile_bench.py [--rounds 10] [--threads 1]
+    python bench/compile_bench.py [--rounds 10] [--threads 1] [--force-bf16]
+
+bf16 runs only where the hardware multiplies it (``lowrank.settings.bf16_is_fast``), or with ``--force-bf16``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from lowrank.settings import backbone_name
 from lowrank.timing import interleaved_medians, matmul_gflops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision_bench import step_function  # noqa: E402
+from precision_bench import add_force_bf16, bf16_allowed, step_function  # noqa: E402
 from step_bench import TARGETS, make_batch  # noqa: E402
 
 
@@ -34,14 +36,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    add_force_bf16(parser)
     args = parser.parse_args()
+    precisions = ((None, "fp32"), (torch.bfloat16, "bf16")) if bf16_allowed(args.force_bf16) else ((None, "fp32"),)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tokenizer = lowrank.load_backbone(backbone_name())
     batch = make_batch(tokenizer, "cpu")
     lora = lowrank.add_adapters(model, TARGETS, method="lora", rank=8, alpha=16)
     steps = {}
-    for dtype, name in ((None, "fp32"), (torch.bfloat16, "bf16")):
+    for dtype, name in precisions:
         steps[f"eager {name}"] = step_function(copy.deepcopy(lora), itertools.repeat(batch), dtype, None)
         compiled = torch.compile(copy.deepcopy(lora))
         steps[f"compiled {name}"] = step_function(compiled, itertools.repeat(batch), dtype, None)

@@ -9,6 +9,9 @@ the optimizer step alone, fused against the loop, for full fine-tuning (the one 
 step is large), and prints how much of a batch is padding.
 
     python bench/micro_batch_bench.py [--batch-size 32] [--sizes 16 8 4] [--rounds 12] [--threads 1] [--precision bf16]
+
+``--precision bf16`` runs only where the hardware multiplies bf16 (``lowrank.settings.bf16_is_fast``), or with
+``--force-bf16``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from lowrank.timing import interleaved_medians, matmul_gflops
 from lowrank.training import batches, length_groups, parameter_groups, tokenize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision_bench import METHODS, build, step_function  # noqa: E402
+from precision_bench import METHODS, add_force_bf16, bf16_allowed, build, step_function  # noqa: E402
 
 
 def padding_share(all_batches: list[dict], size: int | None) -> float:
@@ -48,7 +51,10 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="the forward's dtype in every contender (bf16: under autocast)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    add_force_bf16(parser)
     args = parser.parse_args()
+    if args.precision == "bf16" and not bf16_allowed(args.force_bf16):
+        raise SystemExit("--precision bf16 refused here; use the default fp32")
     torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
     torch.manual_seed(0)

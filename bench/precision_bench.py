@@ -11,7 +11,8 @@ with McNemar's exact test (a paired test: same examples).
     python bench/precision_bench.py [--rounds 12] [--no-accuracy]
     python bench/precision_bench.py --no-timing --methods "LoRA all linear r=8" --seed 1 --out bench/precision_seed1.json
 
-Prints a table and writes bench/precision_results.json with the machine's fp32 and bf16 matmul rates.
+Prints a table and writes bench/precision_results.json with the machine's fp32 and bf16 matmul rates. On a CPU
+without bf16 hardware (``lowrank.settings.bf16_is_fast``) it refuses to run unless given ``--force-bf16``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,26 @@ METHODS = {  # notebook 02's four methods and learning rates
     "LoRA all linear r=8": dict(targets=ALL_LINEAR, lr=2e-3),
     "full fine-tuning": dict(targets="all", lr=1e-4),
 }
+
+
+FORCE_BF16 = "--force-bf16"
+
+
+def add_force_bf16(parser: argparse.ArgumentParser) -> None:
+    """The flag that runs a bench's bf16 contenders on a CPU without bf16 hardware (``bf16_allowed``)."""
+    parser.add_argument(FORCE_BF16, action="store_true",
+                        help="run the bf16 contenders even where bf16 is emulated (tens of times slower than fp32)")
+
+
+def bf16_allowed(force: bool, device: str = "cpu") -> bool:
+    """Whether a bench runs its bf16 contenders: where ``bf16_is_fast(device)``, or when ``force``d. Says why not:
+    on a CPU without bf16 hardware torch emulates bf16, so a bf16 contender takes tens of times fp32's time and
+    measures only the emulation."""
+    if bf16_is_fast(device) or force:
+        return True
+    print(f"bf16 skipped: {device} has no bf16 hardware (or LOWRANK_ASSUME_NO_BF16=1), so torch would emulate bf16, "
+          f"tens of times slower than fp32, and measure only the emulation; {FORCE_BF16} runs it anyway", flush=True)
+    return False
 
 
 def build(model: torch.nn.Module, targets) -> torch.nn.Module:
@@ -81,7 +102,10 @@ def main() -> None:
     parser.add_argument("--whole-batches", action="store_true",
                         help="time whole padded batches (default: length groups, as lowrank.train runs on a CPU)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "precision_results.json", help="where the JSON goes")
+    add_force_bf16(parser)
     args = parser.parse_args()
+    if not bf16_allowed(args.force_bf16):
+        raise SystemExit("nothing to compare: this bench times and trains bf16 against fp32")
     methods = {label: METHODS[label] for label in args.methods}
     setup = setup_notebook(load=True)
     profile, model, data = setup.profile, setup.model, setup.data
