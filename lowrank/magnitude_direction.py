@@ -25,14 +25,28 @@ from torch import nn
 from lowrank.lora import LoRALinear
 
 
+#: A zero row counts as cosine 0, as in ``torch.nn.functional.cosine_similarity``.
+COSINE_EPS = 1e-8
+
+
+def deltas_from_row_sums(norm0_square: torch.Tensor, square: torch.Tensor, dot: torch.Tensor) -> tuple[float, float]:
+    """``(ΔM, ΔD)`` from three numbers per output row: ``||W_0[n]||²``, ``||W_t[n]||²`` and ``<W_t[n], W_0[n]>``.
+
+    The one place the paper's eq. 3-4 are computed: :func:`magnitude_direction_change` for matrices in
+    memory, :func:`lowrank.analysis.row_changes.magnitude_direction_changes` for sums streamed in row blocks.
+    """
+    norm0, norm = norm0_square.sqrt(), square.sqrt()
+    delta_m = (norm - norm0).abs().mean().item()
+    delta_d = (1 - dot / (norm.clamp_min(COSINE_EPS) * norm0.clamp_min(COSINE_EPS))).mean().item()
+    return delta_m, delta_d
+
+
 def magnitude_direction_change(weight: torch.Tensor, pretrained: torch.Tensor) -> tuple[float, float]:
-    """``(ΔM, ΔD)`` of ``weight`` against ``pretrained``, both ``[out, in]``, over output rows."""
+    """``(ΔM, ΔD)`` of ``weight`` against ``pretrained``, both ``[out, in]``, over output rows (in float64)."""
     if weight.shape != pretrained.shape or weight.dim() != 2:
         raise ValueError(f"need two [out, in] matrices of one shape, got {tuple(weight.shape)} and {tuple(pretrained.shape)}")
     w, w0 = weight.detach().double(), pretrained.detach().double()
-    delta_m = (w.norm(dim=1) - w0.norm(dim=1)).abs().mean().item()
-    delta_d = (1 - torch.nn.functional.cosine_similarity(w, w0, dim=1)).mean().item()
-    return delta_m, delta_d
+    return deltas_from_row_sums((w0 * w0).sum(1), (w * w).sum(1), (w * w0).sum(1))
 
 
 def merged_linear_weights(model: nn.Module, pattern: str) -> dict[str, torch.Tensor]:
@@ -179,19 +193,24 @@ STATISTICS: dict[str, Callable[[Sequence[MagnitudeDirectionPoint], str], float]]
 }
 
 
-def layer_bootstrap_samples(points: Sequence[MagnitudeDirectionPoint], samples: int = 2000, seed: int = 0):
-    """Yield ``samples`` resampled panels, drawing whole layers with replacement (a cluster bootstrap).
+def layer_draws(layers: int, samples: int = 2000, seed: int = 0) -> np.ndarray:
+    """The layer bootstrap's draws: ``[samples, layers]`` indices into the sorted layers, with replacement.
 
-    The points of one layer at several checkpoints are nested, not independent, so a draw picks
-    layers with replacement and keeps every checkpoint of each picked layer. A layer drawn twice
-    enters as two distinct layers (so per-layer statistics see both).
+    The points of one layer at several checkpoints are nested, not independent, so a draw picks whole
+    layers (a cluster bootstrap). The one place the resampling is decided: both ways of computing the
+    resampled statistics (:func:`correlation_summary`) read these draws.
+    """
+    return np.random.default_rng(seed).integers(0, layers, (samples, layers))
+
+
+def layer_bootstrap_samples(points: Sequence[MagnitudeDirectionPoint], samples: int = 2000, seed: int = 0):
+    """Yield ``samples`` resampled panels, one per row of :func:`layer_draws`, each keeping every checkpoint
+    of each drawn layer. A layer drawn twice enters as two distinct layers (so per-layer statistics see both).
     """
     clusters = sorted({_cluster(p) for p in points})
     members = {c: [p for p in points if _cluster(p) == c] for c in clusters}
     copies = {}  # (cluster, position in the draw) -> relabelled points, built once
-    rng = np.random.default_rng(seed)
-    for _ in range(samples):
-        drawn = rng.integers(0, len(clusters), len(clusters))
+    for drawn in layer_draws(len(clusters), samples, seed):
         sample = []
         for i, c in enumerate(drawn):
             key = (int(c), i)
@@ -277,7 +296,7 @@ def correlation_summary(
     grid = _panel_grid(points)
     if len(clusters) >= 2 and grid is not None:
         dd, dm = grid
-        index = np.random.default_rng(seed).integers(0, len(clusters), (samples, len(clusters)))
+        index = layer_draws(len(clusters), samples, seed)
         for key, values in _grid_statistics(dd[index], dm[index]).items():
             draws[key] = list(values)
     elif len(clusters) >= 2:

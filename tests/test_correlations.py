@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from lowrank.magnitude_direction import (
-    STATISTICS,
     MagnitudeDirectionPoint,
     _percentile_interval,
     correlation_summary,
@@ -37,17 +36,60 @@ def test_within_checkpoints_removes_the_shared_time_trend():
     assert within_checkpoint_correlation(points, "spearman") == pytest.approx(-1.0)
 
 
-def test_array_path_equals_the_point_by_point_path():
+def _numpy_statistics(dd: np.ndarray, dm: np.ndarray) -> dict:
+    """The six statistics of a ``[layers, checkpoints]`` panel, written out with NumPy (no ties in ``panel``)."""
+    def r(x, y):
+        return np.corrcoef(x, y)[0, 1]
+
+    def ranks(x, axis):  # 0-based, ties (a layer drawn twice) given the mean of the places they share
+        x = np.moveaxis(x, axis, -1)
+        out = np.empty_like(x, dtype=float)
+        for index in np.ndindex(x.shape[:-1]):
+            row = x[index]
+            order = np.argsort(row, kind="stable")
+            places = np.empty(len(row))
+            places[order] = np.arange(len(row))
+            out[index] = [places[row == value].mean() for value in row]
+        return np.moveaxis(out, -1, axis)
+
+    out = {}
+    for kind in ("pearson", "spearman"):
+        flat_d, flat_m = dd.ravel(), dm.ravel()
+        if kind == "spearman":
+            flat_d, flat_m = ranks(flat_d, 0), ranks(flat_m, 0)
+        out[("pooled", kind)] = r(flat_d, flat_m)
+        within_d, within_m = (ranks(dd, 0), ranks(dm, 0)) if kind == "spearman" else (dd, dm)
+        out[("within checkpoints", kind)] = r((within_d - within_d.mean(0)).ravel(), (within_m - within_m.mean(0)).ravel())
+        layer_d, layer_m = (ranks(dd, 1), ranks(dm, 1)) if kind == "spearman" else (dd, dm)
+        out[("per layer", kind)] = np.mean([r(x, y) for x, y in zip(layer_d, layer_m)])
+    return out
+
+
+def test_values_and_intervals_match_a_numpy_bootstrap():
+    """Each statistic and its 95 % layer-bootstrap interval, recomputed with NumPy from the documented draws:
+    ``default_rng(seed).integers(0, layers, (samples, layers))``, whole layers with replacement."""
     points = panel()
-    fast = correlation_summary(points, samples=300)
-    slow: dict = {}
-    for sample in layer_bootstrap_samples(points, 300, 0):
-        for name, statistic in STATISTICS.items():
-            for kind in ("pearson", "spearman"):
-                slow.setdefault((name, kind), []).append(statistic(sample, kind))
-    for c in fast:
-        assert c.value == pytest.approx(STATISTICS[c.statistic](points, c.kind))
-        assert (c.low, c.high) == pytest.approx(_percentile_interval(slow[(c.statistic, c.kind)], 0.95))
+    layers, steps = 6, 4
+    dd = np.array([[p.delta_d for p in points if p.layer == l] for l in range(layers)])
+    dm = np.array([[p.delta_m for p in points if p.layer == l] for l in range(layers)])
+    draws = np.random.default_rng(0).integers(0, layers, (300, layers))
+    resampled = [_numpy_statistics(dd[index], dm[index]) for index in draws]
+    assert dd.shape == (layers, steps)
+    for c in correlation_summary(points, samples=300, seed=0):
+        key = (c.statistic, c.kind)
+        assert c.value == pytest.approx(_numpy_statistics(dd, dm)[key], abs=1e-12)
+        values = [sample[key] for sample in resampled if not np.isnan(sample[key])]
+        low, high = np.percentile(values, [2.5, 97.5])
+        assert (c.low, c.high) == pytest.approx((low, high), abs=1e-12), key
+
+
+def test_complete_and_incomplete_panels_resample_alike():
+    """The point-by-point path (for incomplete panels) draws the same layers as the array path."""
+    points = panel()
+    by_points = [pooled_correlation(sample) for sample in layer_bootstrap_samples(points, 50, 0)]
+    low, high = _percentile_interval(by_points, 0.95)
+    summary = {(c.statistic, c.kind): c for c in correlation_summary(points, samples=50)}
+    assert (summary[("pooled", "pearson")].low, summary[("pooled", "pearson")].high) == pytest.approx((low, high))
 
 
 def test_incomplete_panels_fall_back_to_the_point_by_point_path():

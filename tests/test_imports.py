@@ -45,7 +45,7 @@ def modules_after(statement: str, names: tuple[str, ...]) -> set[str]:
 
 
 def test_the_analysis_reads_the_format_names_without_the_layers_or_hashing():
-    names = ("xxhash", "lowrank.adapter_files.save_load", "lowrank.lora", "lowrank.analysis.command")
+    names = ("xxhash", "lowrank.adapter_files.save_load", "lowrank.adapters", "lowrank.analysis.command")
     assert modules_after("import lowrank.analysis.checkpoints", names) == set()
 
 

@@ -1,5 +1,6 @@
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,19 +30,38 @@ def test_shapes_init_and_identity_at_start(cls, bias):
 
 
 @pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
-def test_merged_weight_gives_forward(cls):
+def test_merged_weight_and_forward_match_numpy(cls):
+    """Forward, merged weight and merge delta against the paper's formulas written in NumPy (float64)."""
+    from tests.numpy_reference import merged
+
     torch.manual_seed(0)
     layer = randomize(cls(nn.Linear(12, 20), rank=3, alpha=5)).eval()
+    w0, a, b, bias = (t.detach().double().numpy() for t in (layer.base.weight, layer.lora_A, layer.lora_B,
+                                                             layer.base.bias))
+    magnitude = layer.magnitude.detach().double().numpy() if cls is DoRALinear else None
+    expected = merged(w0, a, b, 5 / 3, magnitude)  # W0 + (alpha/rank)·B·A, or m·V/||V||_row
     x = torch.randn(4, 12)
-    expected = F.linear(x, layer.merged_weight(), layer.base.bias)
-    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(layer.merged_weight(), layer.base.weight + layer.merged_minus_base())
+    with torch.no_grad():
+        np.testing.assert_allclose(layer.merged_weight().double().numpy(), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(layer.merged_minus_base().double().numpy(), expected - w0, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(layer(x).double().numpy(), x.double().numpy() @ expected.T + bias,
+                                   rtol=1e-5, atol=1e-5)
 
 
-def test_lora_update_is_alpha_over_rank_times_BA():
-    layer = randomize(LoRALinear(nn.Linear(6, 6), rank=2, alpha=10))
-    torch.testing.assert_close(layer.low_rank_update(), 5.0 * layer.lora_B @ layer.lora_A)
-    torch.testing.assert_close(layer.merged_minus_base(), layer.low_rank_update())
+def test_lora_update_by_hand():
+    """A rank-2 case worked out on paper: s = alpha / rank = 4 / 2, B·A written out, W0 = 0."""
+    layer = LoRALinear(nn.Linear(3, 3), rank=2, alpha=4)
+    with torch.no_grad():
+        layer.base.weight.zero_()
+        layer.base.bias.copy_(torch.tensor([1.0, 0.0, -1.0]))
+        layer.lora_A.copy_(torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 1.0]]))
+        layer.lora_B.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    update = torch.tensor([[2.0, 4.0, 0.0], [0.0, 2.0, 2.0], [2.0, 6.0, 2.0]])  # 2 · [[1,2,0],[0,1,1],[1,3,1]]
+    with torch.no_grad():
+        assert torch.equal(layer.low_rank_update(), update)
+        assert torch.equal(layer.merged_minus_base(), update)
+        assert torch.equal(layer.merged_weight(), update)
+        assert torch.equal(layer.eval()(torch.tensor([1.0, 1.0, 1.0])), torch.tensor([7.0, 4.0, 9.0]))
 
 
 def test_dora_rows_have_norm_magnitude_and_norm_is_per_output_row():

@@ -71,3 +71,14 @@ def test_shapes_that_do_not_fit_are_named():
     w0 = torch.zeros(7, 5)
     with pytest.raises(ValueError, match="do not fit"):
         magnitude_direction_changes(TensorRows(w0), [FactoredUpdate(torch.zeros(2, 5), torch.zeros(5, 2), 1.0)])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_magnitude_direction_change_in_memory_matches_numpy(seed):
+    """The in-memory ΔM/ΔD of notebook 04 and the Figure-2 study, against the NumPy loop over rows."""
+    from lowrank.magnitude_direction import magnitude_direction_change
+
+    w0, a, b, m, full = _case(seed)
+    for weight in (full, torch.as_tensor(merged(w0, a, b, 0.8, m)), w0 * 1.3):
+        got = magnitude_direction_change(weight.float(), w0.float())
+        assert got == pytest.approx(dm_dd(weight.float().double().numpy(), w0.float().double().numpy()), rel=1e-9)

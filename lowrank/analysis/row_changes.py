@@ -33,9 +33,10 @@ from typing import Protocol, Union
 
 import torch
 
+from lowrank.magnitude_direction import COSINE_EPS, deltas_from_row_sums
+
 #: Elements per float64 block (8 MiB): memory stays flat whatever the matrix size.
 BLOCK_ELEMENTS = 2**20
-_EPS = 1e-8  # as torch.nn.functional.cosine_similarity: a zero row counts as cosine 0
 
 
 class RowBlocks(Protocol):
@@ -181,9 +182,9 @@ def magnitude_direction_changes(
             dot = norm0 + s * cross
             if update.magnitude is not None:
                 m = update.magnitude.detach().cpu().to(f64)
-                dot = m * dot / square.sqrt().clamp_min(_EPS)
+                dot = m * dot / square.sqrt().clamp_min(COSINE_EPS)
                 square = m * m
-        results.append(_deltas(norm0, square, dot))
+        results.append(deltas_from_row_sums(norm0, square, dot))
     return results
 
 
@@ -203,10 +204,3 @@ def _prefetched(sources: Sequence[RowBlocks], rows: int, step: int) -> Iterator[
             blocks = pending.result()
             pending = pool.submit(read, starts[k + 1]) if k + 1 < len(starts) else None
             yield start, min(start + step, rows), blocks
-
-
-def _deltas(norm0_square: torch.Tensor, square: torch.Tensor, dot: torch.Tensor) -> tuple[float, float]:
-    norm0, norm = norm0_square.sqrt(), square.sqrt()
-    delta_m = (norm - norm0).abs().mean().item()
-    delta_d = (1 - dot / (norm.clamp_min(_EPS) * norm0.clamp_min(_EPS))).mean().item()
-    return delta_m, delta_d
