@@ -1,6 +1,6 @@
 """The Figure-2 study: when does the ΔM-versus-ΔD slope turn negative?
 
-Taught in notebook 06: section 2 (the study) and sections 3-6 (what it found).
+Taught in notebook 05: section 2 (the study) and sections 3-6 (what it found).
 
 The DoRA paper's Figure 2 reports a negative ΔM/ΔD correlation for full fine-tuning and DoRA
 and a positive one for LoRA. This module trains FT, LoRA and DoRA (query and value) under
@@ -13,8 +13,8 @@ Run it once (about an hour on a 2-core CPU; Ctrl-C keeps finished runs, a re-run
 
     python -m lowrank.figure2 --out figures/
 
-It writes ``06_ablation_points.csv`` (columns ``condition, method, module, layer, step,
-delta_m, delta_d``), ``06_ablation_mechanism.csv`` and ``06_ablation_runs.json``.
+It writes ``05_ablation_points.csv`` (columns ``condition, method, module, layer, step,
+delta_m, delta_d``), ``05_ablation_mechanism.csv`` and ``05_ablation_runs.json``.
 
 **Weight decay at the paper's strength.** AdamW's decoupled decay multiplies every decayed
 parameter by ``(1 - lr_t·λ)`` at each step, so after training by ``c = Π(1 - lr_t·λ) ≈
@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lowrank.magnitude_direction import (
@@ -58,9 +59,10 @@ WARMUP_FRACTION = 0.1  # the paper's warm-up
 PAPER_CUMULATIVE_DECAY = {"FT": 0.03, "LoRA": 0.3, "DoRA": 0.3}  # λ·Σlr, see the module docstring
 PAPER_LR = {"FT": 1e-4, "LoRA": 1e-3, "DoRA": 1e-3}
 PAPER_RANK = PAPER_ALPHA = 128
-POINTS_FILE = "06_ablation_points.csv"
-MECHANISM_FILE = "06_ablation_mechanism.csv"
-RUNS_FILE = "06_ablation_runs.json"
+POINTS_FILE = "05_ablation_points.csv"
+MECHANISM_FILE = "05_ablation_mechanism.csv"
+RUNS_FILE = "05_ablation_runs.json"
+ROBUSTNESS_FILE = "05_robustness.csv"  # every reported correlation with interval, exact p, leave-one-out range
 #: The study trains in fp32 whatever ``$LOWRANK_PRECISION`` says: its committed results are fp32, and it
 #: changes one factor at a time, precision not among them.
 STUDY_AUTOCAST = None
@@ -89,6 +91,9 @@ class Condition:
     regime: Regime
     decay: str
     methods: tuple[str, ...] = METHODS
+    decay_scale: float = 1.0  # multiplies the paper's λ·Σlr (the dose–response conditions)
+    swap: str = "none"  # "reverse": the function-preserving rescale of :func:`reverse_row_norms` before training
+    lora_alpha: float = PAPER_ALPHA  # the adapters' alpha (scaling alpha / rank)
 
 
 SHORT = Regime("short", steps=250, batch_size=16, lr=PAPER_LR)
@@ -101,6 +106,22 @@ CONDITIONS = (
     Condition("long_wd0", LONG, "none"),
     Condition("long_wd_paper", LONG, "paper"),
     Condition("long_wd_paper_m_exempt", LONG, "paper_magnitude_exempt", methods=("DoRA",)),
+    # Issue 24, in the order of what each tells: the causal norm swap (with decay, then its no-decay control),
+    # the dose–response (2x is also DoRA's batch-300 estimate, see DORA_BATCH300_CUMULATIVE_DECAY),
+    # LoRA at the alpha the paper's quoted baseline used.
+    Condition("short_wd_paper_swap", SHORT, "paper", methods=("FT", "DoRA"), swap="reverse"),
+    Condition("short_wd0_swap", SHORT, "none", methods=("FT", "DoRA"), swap="reverse"),
+    Condition("short_wd_paper_x2", SHORT, "paper", methods=("FT", "DoRA"), decay_scale=2.0),
+    Condition("short_wd_paper_alpha32", SHORT, "paper", methods=("LoRA",), lora_alpha=32),
+    Condition("short_wd_paper_x0.5", SHORT, "paper", methods=("FT", "DoRA"), decay_scale=0.5),
+    Condition("short_wd0_alpha32", SHORT, "none", methods=("LoRA",), lora_alpha=32),
+)
+#: Defined but not yet run (``--only NAME`` runs one): compression (the same λ·Σlr over 4x the steps,
+#: λ 4x smaller) and the quarter dose.
+SHORT_4X = Regime("short4x", steps=1000, batch_size=16, lr=PAPER_LR)
+PENDING_CONDITIONS = (
+    Condition("short4x_wd_paper", SHORT_4X, "paper", methods=("DoRA", "FT")),
+    Condition("short_wd_paper_x0.25", SHORT, "paper", methods=("FT", "DoRA"), decay_scale=0.25),
 )
 QUICK_CONDITIONS = (Condition("quick_wd_paper", QUICK, "paper", methods=("DoRA",)),)
 
@@ -156,7 +177,7 @@ def decay_settings(condition: Condition, method: str) -> tuple[float, tuple[str,
         raise ValueError(f"unknown decay rule {condition.decay!r}")
     total_lr = cumulative_lr(condition.regime.lr[method], condition.regime.steps)[-1]
     no_decay = PAPER_NO_DECAY + (("magnitude",) if condition.decay == "paper_magnitude_exempt" else ())
-    return PAPER_CUMULATIVE_DECAY[method] / total_lr, no_decay
+    return condition.decay_scale * PAPER_CUMULATIVE_DECAY[method] / total_lr, no_decay
 
 
 def row_norm_decay(condition: Condition, method: str) -> list[float]:
@@ -221,7 +242,7 @@ def placements(total: int) -> dict[str, list[int]]:
 
 @dataclass
 class RunRecord:
-    """What one (condition, method) run did, kept in ``06_ablation_runs.json``."""
+    """What one (condition, method) run did, kept in ``05_ablation_runs.json``."""
 
     condition: str
     method: str
@@ -236,6 +257,61 @@ class RunRecord:
     test_accuracy: float
     seconds: float
     seconds_per_step: float
+    decay_scale: float = 1.0
+    swap: str = "none"
+    lora_alpha: float = PAPER_ALPHA
+    output_difference: float | None = None  # max |logit difference| to the pretrained model before training
+
+
+def _attention_blocks(model) -> list:
+    """The attention modules (those with ``q_lin``, ``k_lin``, ``v_lin``, ``out_lin``), in depth order."""
+    blocks = [m for m in model.modules() if all(hasattr(m, a) for a in ("q_lin", "k_lin", "v_lin", "out_lin"))]
+    if not blocks:
+        raise ValueError("no attention module with q_lin/k_lin/v_lin/out_lin (DistilBERT layout) found")
+    return blocks
+
+
+@torch.no_grad()
+def reverse_row_norms(model) -> dict[str, list[float]]:
+    """Rescale each layer's query and value rows so that their mean row norms run in reverse depth order,
+    leaving what the network computes unchanged; modifies ``model`` in place and returns the scales.
+
+    Layer ``l`` of ``L`` gets ``s_l = n_q[L−1−l] / n_q[l]`` (``n_q``: mean row norm of ``W_q``): ``W_q, b_q``
+    times ``s_l`` and ``W_k, b_k`` times ``1/s_l`` leave every attention logit ``q·k`` as it was. Likewise
+    ``t_l = n_v[L−1−l] / n_v[l]``: ``W_v, b_v`` times ``t_l`` and ``W_o`` (``out_lin.weight``, not its bias)
+    times ``1/t_l`` leave the attention output ``softmax(·) V W_oᵀ + b_o`` as it was (attention weights sum
+    over positions, so the bias of V passes through linearly).
+    """
+    blocks = _attention_blocks(model)
+    query = [b.q_lin.weight.norm(dim=1).mean().item() for b in blocks]
+    value = [b.v_lin.weight.norm(dim=1).mean().item() for b in blocks]
+    scales = {"query": [q / p for q, p in zip(reversed(query), query)],
+              "value": [v / p for v, p in zip(reversed(value), value)]}
+    for block, s, t in zip(blocks, scales["query"], scales["value"]):
+        block.q_lin.weight.mul_(s)
+        block.k_lin.weight.div_(s)
+        block.v_lin.weight.mul_(t)
+        block.out_lin.weight.div_(t)
+        for linear, factor in ((block.q_lin, s), (block.k_lin, 1 / s), (block.v_lin, t)):
+            if linear.bias is not None:
+                linear.bias.mul_(factor)
+    return scales
+
+
+@torch.no_grad()
+def max_output_difference(model, other, data, examples: int = 64) -> float:
+    """``max |logits(model) − logits(other)|`` on the first ``examples`` rows of ``data`` (both in eval mode)."""
+    from lowrank.training import batches, model_pad_token_id
+
+    subset = data.select(range(min(examples, len(data))))
+    was = model.training, other.training
+    model.eval(), other.eval()
+    try:
+        batch = next(iter(batches(subset, len(subset), shuffle=False, pad_token_id=model_pad_token_id(model))))
+        batch = {k: v for k, v in batch.items() if k != "labels"}
+        return (model(**batch).logits - other(**batch).logits).abs().max().item()
+    finally:
+        model.train(was[0]), other.train(was[1])
 
 
 def run_one(condition: Condition, method: str, model, data, progress: bool = True):
@@ -246,10 +322,17 @@ def run_one(condition: Condition, method: str, model, data, progress: bool = Tru
     regime = condition.regime
     weight_decay, no_decay = decay_settings(condition, method)
     candidate = copy.deepcopy(model)
+    if condition.swap == "reverse":
+        reverse_row_norms(candidate)
+    elif condition.swap != "none":
+        raise ValueError(f"unknown swap {condition.swap!r}")
+    reference = copy.deepcopy(candidate)  # W0 of this run: the rescaled weights under a swap
     seed_everything(0)  # the adapters' initialisation is the same in every condition
     if method != "FT":
-        add_adapters(candidate, list(TARGETS), method=method.lower(), rank=PAPER_RANK, alpha=PAPER_ALPHA)
-    pretrained = merged_linear_weights(model, PATTERN)
+        add_adapters(candidate, list(TARGETS), method=method.lower(), rank=PAPER_RANK, alpha=condition.lora_alpha)
+    output_difference = max_output_difference(model, candidate, data["test"])
+    pretrained = merged_linear_weights(reference, PATTERN)
+    del reference
     steps_wanted = checkpoint_steps(regime.steps)
     epochs = math.ceil(regime.steps * regime.batch_size / len(data["train"]))
     start = time.perf_counter()
@@ -266,7 +349,8 @@ def run_one(condition: Condition, method: str, model, data, progress: bool = Tru
     mechanism = mechanism_rows(condition.name, method, result.snapshots, pretrained, decay)
     record = RunRecord(condition.name, method, regime.name, regime.steps, regime.batch_size, regime.lr[method],
                        weight_decay, list(no_decay), weight_decay * cumulative_lr(regime.lr[method], regime.steps)[-1],
-                       decay[-1], accuracy(candidate, data["test"]), seconds, result.seconds_per_step)
+                       decay[-1], accuracy(candidate, data["test"]), seconds, result.seconds_per_step,
+                       condition.decay_scale, condition.swap, condition.lora_alpha, output_difference)
     return points, mechanism, record
 
 
@@ -354,8 +438,10 @@ def run_study(out: Path, conditions: Sequence[Condition] = CONDITIONS, train_siz
                   f"c = {record.row_norm_decay_factor:.3f}", flush=True)
     except KeyboardInterrupt:
         print(f"interrupted: {len(records)} runs saved in {out}; run the same command again to resume")
+        return records
     finally:
         bar.close()
+    write_robustness(out)
     return records
 
 
@@ -364,13 +450,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("figures"), help="folder for the CSVs and JSON")
     parser.add_argument("--only", nargs="+", help="run only these conditions (names as in the CSV)")
     parser.add_argument("--quick", action="store_true", help="a tiny version of one condition (seconds)")
+    parser.add_argument("--analyse", action="store_true",
+                        help=f"only (re)write {ROBUSTNESS_FILE} from the points already in --out (no training)")
     args = parser.parse_args(argv)
+    if args.analyse:
+        print(f"wrote {write_robustness(args.out)}")
+        return
     conditions = QUICK_CONDITIONS if args.quick else CONDITIONS
     if args.only:
-        unknown = sorted(set(args.only) - {c.name for c in conditions})
+        known = conditions + (() if args.quick else PENDING_CONDITIONS)
+        unknown = sorted(set(args.only) - {c.name for c in known})
         if unknown:
-            raise SystemExit(f"unknown condition(s) {unknown}; choose from {[c.name for c in conditions]}")
-        conditions = tuple(c for c in conditions if c.name in args.only)
+            raise SystemExit(f"unknown condition(s) {unknown}; choose from {[c.name for c in known]}")
+        conditions = tuple(c for name in args.only for c in known if c.name == name)
     run_study(args.out, conditions, **({"train_size": 512, "eval_size": 256} if args.quick else {}))
 
 
@@ -378,18 +470,25 @@ if __name__ == "__main__":
     main()
 
 
-# --- Reading the study back (notebook 06) -------------------------------------------------
+# --- Reading the study back (notebook 05) -------------------------------------------------
 
-PAPER_CORRELATIONS = {"FT": -0.62, "LoRA": 0.83, "DoRA": -0.31}  # VL-BART query matrices, pooled Pearson
+#: The paper's Figure 2 numbers (VL-BART query matrices). The paper names neither the statistic nor how the
+#: four checkpoints enter it: a correlation over all 24 points is the natural reading, not a quote.
+PAPER_CORRELATIONS = {"FT": -0.62, "LoRA": 0.83, "DoRA": -0.31}
+#: The sign each method has in the paper's Figure 2: the one-sided alternative of :func:`layer_permutation_p`.
+PAPER_SIGN = {"FT": -1, "LoRA": 1, "DoRA": -1}
 
 
 def chosen_steps(rows: Sequence[Mapping], condition: str, placement: str) -> list[int]:
-    """The four checkpoints of ``placement`` (``"even"``/``"late"``/``"all"``) for one condition."""
+    """The checkpoints of ``placement`` for one condition: ``"even"``/``"late"`` (four of twelve), ``"last"``
+    (the final one: one point per layer), ``"all"``."""
     steps = sorted({r["step"] for r in rows if r["condition"] == condition})
     if not steps:
         raise ValueError(f"no points of condition {condition!r}")
     if placement == "all":
         return steps
+    if placement == "last":
+        return steps[-1:]
     return placements(steps[-1])[placement]
 
 
@@ -439,3 +538,151 @@ def plot_study(rows: Sequence[Mapping], conditions: Sequence[str], module_suffix
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
+
+
+# --- Robustness: how much six layers can say -------------------------------------------------
+
+def _with_layers(points: Sequence[MagnitudeDirectionPoint], keep) -> list[MagnitudeDirectionPoint]:
+    return [p for p in points if keep(p.layer)]
+
+
+def layer_permutation_p(points: Sequence[MagnitudeDirectionPoint], statistic: str = "within checkpoints",
+                        kind: str = "pearson", alternative: str = "less") -> float:
+    """Exact permutation p-value of a panel statistic under "no tie between a layer's ΔD and its ΔM".
+
+    Every permutation π of the layers (720 for six) pairs layer i's ΔD series with layer π(i)'s ΔM series,
+    at every checkpoint alike, so a layer's own time course stays intact and only the pairing across layers is
+    broken. ``alternative``: ``"less"`` (p = share of permutations with a statistic ≤ the observed one),
+    ``"greater"``, or ``"two-sided"`` (|statistic| ≥ |observed|). The identity permutation is among them, so
+    p ≥ 1/720.
+    """
+    import itertools
+
+    from lowrank.magnitude_direction import STATISTICS
+
+    layers = sorted({p.layer for p in points})
+    steps = sorted({p.step for p in points})
+    by_key = {(p.layer, p.step): p for p in points}
+    if len(by_key) != len(points) or None in layers or len(points) != len(layers) * len(steps):
+        raise ValueError("need exactly one point per (layer, step), with layer numbers")
+    if (statistic, kind) not in (("pooled", "pearson"), ("within checkpoints", "pearson")):
+        raise ValueError(f"the exact permutation test covers Pearson pooled/within checkpoints, not {statistic}/{kind}")
+    dd = np.array([[by_key[(layer, step)].delta_d for step in steps] for layer in layers])
+    dm = np.array([[by_key[(layer, step)].delta_m for step in steps] for layer in layers])
+    if statistic == "within checkpoints":  # each checkpoint's mean over layers removed (a permutation keeps it)
+        dd, dm = dd - dd.mean(0), dm - dm.mean(0)
+    else:
+        dd, dm = dd - dd.mean(), dm - dm.mean()
+    order = np.array(list(itertools.permutations(range(len(layers)))))  # [L!, L]
+    values = (dd[None] * dm[order]).sum((1, 2)) / np.sqrt((dd * dd).sum() * (dm * dm).sum())
+    observed = STATISTICS[statistic](points, kind)
+    if not np.isclose(values[0], observed, atol=1e-9):  # the identity comes first
+        raise AssertionError(f"permutation statistic {values[0]} differs from {statistic} {observed}")
+    values = np.asarray(values)
+    tolerance = 1e-12
+    if alternative == "less":
+        return float(np.mean(values <= observed + tolerance))
+    if alternative == "greater":
+        return float(np.mean(values >= observed - tolerance))
+    if alternative == "two-sided":
+        return float(np.mean(np.abs(values) >= abs(observed) - tolerance))
+    raise ValueError(f"alternative must be 'less', 'greater' or 'two-sided', got {alternative!r}")
+
+
+def leave_one_layer_out(points: Sequence[MagnitudeDirectionPoint], statistic: str = "within checkpoints",
+                        kind: str = "pearson") -> dict[int, float]:
+    """The statistic recomputed with each layer left out in turn: ``{left-out layer: value}``."""
+    from lowrank.magnitude_direction import STATISTICS
+
+    layers = sorted({p.layer for p in points})
+    return {layer: STATISTICS[statistic](_with_layers(points, lambda other: other != layer), kind)
+            for layer in layers}
+
+
+@dataclass(frozen=True)
+class RobustCorrelation:
+    """One reported correlation with everything a reader needs to weigh it."""
+
+    condition: str
+    method: str
+    matrices: str  # "query" / "value"
+    statistic: str  # "within checkpoints" (4 checkpoints, even placement) or "last checkpoint" (6 points)
+    value: float
+    low: float  # 95 % layer-bootstrap interval
+    high: float
+    p_paper_sign: float  # exact one-sided permutation p in the direction of the paper's sign for the method
+    loo_low: float  # smallest and largest value with one layer left out
+    loo_high: float
+    loo_sign_flips: str  # the layers whose removal flips the sign ("" if none)
+    layers: int  # the effective sample: the number of layers
+
+
+ROBUST_STATISTICS = {"within checkpoints": ("even", "within checkpoints"), "last checkpoint": ("last", "pooled")}
+
+
+def robust_correlation(rows: Sequence[Mapping], condition: str, method: str, module_suffix: str,
+                       statistic: str = "within checkpoints", samples: int = 2000) -> RobustCorrelation:
+    """Pearson of one panel with its layer-bootstrap interval, exact permutation p and leave-one-layer-out range.
+
+    ``statistic``: ``"within checkpoints"`` (the four `even` checkpoints, each checkpoint's mean removed) or
+    ``"last checkpoint"`` (the six layers at the final step; "pooled" over one checkpoint).
+    """
+    from lowrank.magnitude_direction import correlation_summary
+
+    placement, name = ROBUST_STATISTICS[statistic]
+    points = study_points(rows, condition, method, module_suffix, placement)
+    if not points:
+        raise ValueError(f"no points for {condition}/{method}/{module_suffix}")
+    summary = next(c for c in correlation_summary(points, samples=samples)
+                   if (c.statistic, c.kind) == (name, "pearson"))
+    alternative = "less" if PAPER_SIGN[method] < 0 else "greater"
+    loo = leave_one_layer_out(points, name)
+    flips = [str(layer) for layer, value in loo.items() if np.sign(value) != np.sign(summary.value)]
+    return RobustCorrelation(condition, method, "query" if module_suffix == "q_lin" else "value", statistic,
+                             summary.value, summary.low, summary.high,
+                             layer_permutation_p(points, name, "pearson", alternative),
+                             min(loo.values()), max(loo.values()), ",".join(flips), len({p.layer for p in points}))
+
+
+def robust_table(rows: Sequence[Mapping], conditions: Sequence[str] | None = None,
+                 statistics: Sequence[str] = ("within checkpoints", "last checkpoint"),
+                 samples: int = 2000) -> list[RobustCorrelation]:
+    """:func:`robust_correlation` for every condition × method × query/value × statistic present in ``rows``."""
+    conditions = conditions or list(dict.fromkeys(r["condition"] for r in rows))
+    present = {(r["condition"], r["method"]) for r in rows}
+    return [robust_correlation(rows, condition, method, suffix, statistic, samples)
+            for condition in conditions for method in METHODS if (condition, method) in present
+            for suffix in TARGETS for statistic in statistics]
+
+
+def layer_profile(rows: Sequence[Mapping], mechanism: Sequence[Mapping], condition: str, method: str,
+                  module_suffix: str) -> dict[str, list[float]]:
+    """Per layer (in depth order) at the last checkpoint: mean row norm of W0, ΔM, ΔD, and ΔM's decay and
+    gradient parts (``dm_decay``; ``dm_gradient + dm_second_order``: what the gradient steps did to the norms)."""
+    last = chosen_steps(rows, condition, "last")[0]
+    chosen = sorted((r for r in rows if (r["condition"], r["method"], r["step"]) == (condition, method, last)
+                     and r["module"].endswith(module_suffix)), key=lambda r: r["layer"])
+    split = {r["layer"]: r for r in mechanism if (r["condition"], r["method"], r["step"]) == (condition, method, last)
+             and r["module"].endswith(module_suffix)}
+    return {"layer": [r["layer"] for r in chosen], "row_norm": [split[r["layer"]]["row_norm"] for r in chosen],
+            "delta_m": [r["delta_m"] for r in chosen], "delta_d": [r["delta_d"] for r in chosen],
+            "dm_decay": [split[r["layer"]]["dm_decay"] for r in chosen],
+            "dm_gradient": [split[r["layer"]]["dm_gradient"] + split[r["layer"]]["dm_second_order"] for r in chosen]}
+
+
+def ranks(values: Sequence[float]) -> list[int]:
+    """1 = largest: the rank of each value (for "which layer holds the largest ...")."""
+    order = sorted(range(len(values)), key=lambda i: -values[i])
+    out = [0] * len(values)
+    for rank, i in enumerate(order, start=1):
+        out[i] = rank
+    return out
+
+
+def write_robustness(out: Path, samples: int = 2000) -> Path:
+    """Write :func:`robust_table` of every condition in ``out``'s points file to :data:`ROBUSTNESS_FILE`."""
+    rows = read_csv(out / POINTS_FILE)
+    table = robust_table(rows, samples=samples)
+    path = out / ROBUSTNESS_FILE
+    _write_atomically(path, _csv_text([f.name for f in fields(RobustCorrelation)], [asdict(r) for r in table]))
+    return path

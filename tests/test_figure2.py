@@ -1,4 +1,5 @@
-"""The Figure-2 study's bookkeeping: decay factors, the first-order split, checkpoint placement."""
+"""The Figure-2 study's bookkeeping: decay factors, the first-order split, checkpoint placement, the norm swap,
+and the robustness statistics (exact permutation p, leave-one-layer-out)."""
 
 import math
 
@@ -34,7 +35,7 @@ def test_paper_strength_gives_the_target_cumulative_decay():
             if condition.decay == "none":
                 assert weight_decay == 0 and no_decay == ()
             else:
-                assert total == pytest.approx(figure2.PAPER_CUMULATIVE_DECAY[method])
+                assert total == pytest.approx(condition.decay_scale * figure2.PAPER_CUMULATIVE_DECAY[method])
                 assert "bias" in no_decay
                 assert ("magnitude" in no_decay) == (condition.decay == "paper_magnitude_exempt")
 
@@ -71,3 +72,96 @@ def test_placements_pick_four_of_twelve():
 def test_unknown_condition_is_refused(capsys):
     with pytest.raises(SystemExit, match="unknown condition"):
         figure2.main(["--only", "nonsense"])
+
+
+def _tiny_distilbert():
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=50, dim=16, n_layers=3, n_heads=2, hidden_dim=32, max_position_embeddings=16)
+    model = DistilBertForSequenceClassification(config).eval()
+    with torch.no_grad():  # give the layers clearly different row norms, falling with depth, and non-zero biases
+        for depth, layer in enumerate(model.distilbert.transformer.layer):
+            for linear in (layer.attention.q_lin, layer.attention.v_lin):
+                linear.weight.mul_(2.0 - 0.5 * depth)
+                linear.bias.normal_()
+            layer.attention.k_lin.bias.normal_()
+            layer.attention.out_lin.bias.normal_()
+    return model
+
+
+def test_reverse_row_norms_keeps_the_function_and_reverses_the_norms():
+    import copy
+
+    model = _tiny_distilbert()
+    swapped = copy.deepcopy(model)
+    scales = figure2.reverse_row_norms(swapped)
+    ids = torch.randint(1, 50, (4, 10))
+    mask = torch.ones_like(ids)
+    mask[0, 7:] = 0  # padding too
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+        after = swapped(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+    for name in ("q_lin", "v_lin"):
+        norms = [getattr(b.attention, name).weight.norm(dim=1).mean().item() for b in model.distilbert.transformer.layer]
+        new = [getattr(b.attention, name).weight.norm(dim=1).mean().item() for b in swapped.distilbert.transformer.layer]
+        assert new == pytest.approx(norms[::-1], rel=1e-5)
+    assert scales["query"][0] < 1 < scales["query"][-1]  # the largest norms move from the first layer to the last
+
+
+def test_max_output_difference_sees_a_change():
+    import copy
+
+    from datasets import Dataset
+
+    model = _tiny_distilbert()
+    model.config.pad_token_id = 0
+    data = Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5, 6, 7]], "label": [0, 1]})
+    assert figure2.max_output_difference(model, copy.deepcopy(model), data) == 0.0
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.classifier.bias.add_(0.5)
+    assert figure2.max_output_difference(model, other, data) == pytest.approx(0.5)
+
+
+def _panel(dd, dm, steps=(1,)):
+    """Points for layers 0..n-1 at each step; ``dd``/``dm`` are per layer (the same at every step plus the step)."""
+    from lowrank.magnitude_direction import MagnitudeDirectionPoint
+
+    return [MagnitudeDirectionPoint("FT", f"m.layer.{i}.q_lin", i, step, m + step, d + step)
+            for step in steps for i, (d, m) in enumerate(zip(dd, dm))]
+
+
+def test_exact_permutation_p_on_a_hand_case():
+    points = _panel([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])  # r = -1: of the 3! pairings only the identity reaches it
+    assert figure2.layer_permutation_p(points, "pooled", alternative="less") == pytest.approx(1 / 6)
+    assert figure2.layer_permutation_p(points, "pooled", alternative="greater") == pytest.approx(1)
+    assert figure2.layer_permutation_p(points, "pooled", alternative="two-sided") == pytest.approx(2 / 6)
+    # within checkpoints: the same pairing at both steps, so still 1 of 6 (the shared step trend is removed)
+    two = _panel([1.0, 2.0, 3.0], [3.0, 2.0, 1.0], steps=(1, 2))
+    assert figure2.layer_permutation_p(two, "within checkpoints", alternative="less") == pytest.approx(1 / 6)
+
+
+def test_leave_one_layer_out_finds_the_layer_that_carries_the_sign():
+    # three layers with a positive tie and one outlier layer (3) that makes the whole correlation negative
+    points = _panel([1.0, 2.0, 3.0, 10.0], [1.0, 2.0, 3.0, -20.0])
+    from lowrank.magnitude_direction import pooled_correlation
+
+    assert pooled_correlation(points) < 0
+    loo = figure2.leave_one_layer_out(points, "pooled")
+    assert set(loo) == {0, 1, 2, 3}
+    assert loo[3] == pytest.approx(1.0)
+    assert all(loo[layer] < 0 for layer in (0, 1, 2))
+
+
+def test_dose_scales_lambda_and_the_swap_is_recorded():
+    dose = next(c for c in figure2.CONDITIONS if c.decay_scale == 2.0)
+    base = next(c for c in figure2.CONDITIONS if c.name == "short_wd_paper")
+    assert figure2.decay_settings(dose, "DoRA")[0] == pytest.approx(2 * figure2.decay_settings(base, "DoRA")[0])
+    assert any(c.swap == "reverse" and c.decay == "paper" for c in figure2.CONDITIONS)
+    assert {c.name for c in figure2.CONDITIONS}.isdisjoint(c.name for c in figure2.PENDING_CONDITIONS)
+
+
+def test_ranks_put_the_largest_first():
+    assert figure2.ranks([0.2, 0.9, 0.5]) == [3, 1, 2]
