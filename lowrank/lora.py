@@ -11,10 +11,10 @@ PyTorch stores ``nn.Linear.weight`` as ``[out_features, in_features]``, so the u
 
 The scaling is ``alpha / rank``, as in the LoRA paper and PEFT, so that results compare with theirs.
 What it does to the step size is measured in notebook 01, section 3 (one AdamW step, ranks 1 to 64):
-scaling by ``alpha`` alone makes the first update about 8 times larger at rank 64 than at rank 1;
-``alpha / rank`` over-corrects, the first update shrinking about 8 times instead; ``alpha / sqrt(rank)``
-(rsLoRA) keeps it flat. So at one learning rate, ``alpha / rank`` gives a larger rank smaller first
-steps. ``scaling`` is one attribute: set it to try another rule.
+scaling by ``alpha`` alone makes the first update grow with the rank; ``alpha / rank`` over-corrects, the
+first update shrinking instead; ``alpha / sqrt(rank)`` (rsLoRA) keeps it about flat. ``scaling`` is one
+attribute: set it to try another rule. A save records the rule (``alpha/rank`` or ``alpha/sqrt(rank)``,
+PEFT's ``use_rslora``) and refuses any other value, which no file could rebuild.
 
 Precision: on a half-precision base (fp16/bf16) the adapter parameters are kept in fp32, as
 PEFT's ``autocast_adapter_dtype`` does, so that small updates are not rounded away; the matmuls

@@ -206,3 +206,27 @@ def test_merge_refuses_nan_and_inf_and_writes_nothing(cls):
     with pytest.raises(ValueError, match="NaN or inf"):
         layer.merge()
     assert not layer.merged and torch.equal(layer.base.weight, original)
+
+
+@pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
+def test_merge_and_unmerge_on_a_bf16_base(cls):
+    """A half-precision base: adapters stay fp32, merging rounds once into bf16, unmerging (LoRA) returns W0
+    up to that rounding."""
+    torch.manual_seed(0)
+    base = nn.Linear(32, 24).to(torch.bfloat16)
+    w0 = base.weight.detach().clone()
+    layer = randomize(cls(base, rank=4, alpha=8)).eval()
+    assert layer.lora_A.dtype == torch.float32 and layer.lora_B.dtype == torch.float32
+    x = torch.randn(5, 32, dtype=torch.bfloat16)
+    with torch.no_grad():
+        exact = torch.as_tensor(layer.merged_weight().double())  # what merging should write, before rounding
+        unmerged_out = layer(x).float()
+        layer.merge()
+        assert layer.base.weight.dtype == torch.bfloat16
+        torch.testing.assert_close(layer.base.weight.double(), exact, rtol=2**-8, atol=1e-6)  # one bf16 rounding
+        torch.testing.assert_close(layer(x).float(), unmerged_out, rtol=0.05, atol=0.05)
+        if cls is LoRALinear:
+            layer.unmerge()
+            # three bf16 roundings (the merged weight, the update, the difference), each at most 2^-8 relative
+            bound = 2**-8 * (2 * exact.abs() + (exact - w0.double()).abs()) + 1e-9
+            assert ((layer.base.weight.double() - w0.double()).abs() <= bound).all()

@@ -58,3 +58,24 @@ def test_names_say_which_update(tiny_model, method):
             merged_by_peft = target.get_base_layer().weight.detach().clone()
             target.unmerge()
             torch.testing.assert_close(layer.merged_minus_base(), merged_by_peft - w0, atol=1e-6, rtol=1e-5)
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_forward_and_gradients_match_peft_under_bf16_autocast(tiny_model, tiny_batch, method):
+    """Under ``torch.autocast`` (bf16 on the CPU, as the course trains where bf16 is fast): same outputs and
+    gradients as PEFT up to bf16 rounding (8 bits of mantissa)."""
+    ours, theirs, layers = peft_pair(tiny_model, method, TARGETS)
+    ours.train(), theirs.train()
+    outputs = []
+    for model in (ours, theirs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = model(**tiny_batch, output_hidden_states=True).hidden_states[-1]
+        weights = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(0))
+        (hidden.float() * weights).sum().backward()
+        outputs.append(hidden.float())
+    torch.testing.assert_close(outputs[0], outputs[1], atol=0.05, rtol=0.02)
+    for layer, target in layers:
+        assert layer.lora_A.dtype == torch.float32 and layer.lora_B.grad.dtype == torch.float32
+        for mine, peft in ((layer.lora_A.grad, target.lora_A["default"].weight.grad),
+                           (layer.lora_B.grad, target.lora_B["default"].weight.grad)):
+            scale = peft.abs().max()
+            torch.testing.assert_close(mine / scale, peft / scale, atol=0.03, rtol=0)
