@@ -5,7 +5,7 @@ torch emulates bf16 where the CPU has no AMX or AVX512-BF16: about 1 GFLOP/s aga
 floating-point operations of every matrix product, attention or convolution that gets a bf16 (or fp16) input
 (``Bf16Flops``, a ``TorchDispatchMode``: it sees the operators after autocast has cast their inputs) over
 
-* ``lowrank.train`` in the default precision (``auto``): none at all;
+* ``lowrank.train`` in the course's default precision (``auto``, as a notebook passes it): none at all;
 * every code cell of the practitioner notebook A1 (speed and mixed precision) in the quick profile: under
   ``BOUND`` (its mixed-precision lesson runs bf16 on a few tiny tensors, by design);
 * the benches' default paths: none of them runs a bf16 contender (``bench/precision_bench.py``'s ``bf16_allowed``).
@@ -86,11 +86,14 @@ def test_the_counter_sees_bf16_under_autocast():
 
 
 def tiny_training_run() -> Bf16Flops:
+    """Two steps of ``lowrank.train`` in the course's precision, as a notebook passes it (``setup.autocast_dtype``)."""
+    from lowrank.notebook import setup_notebook
     from lowrank.training import train
 
-    model = make_tiny_distilbert()
+    model, setup = make_tiny_distilbert(), setup_notebook(use_device=False)
     with Bf16Flops() as counter:
-        train(model, tiny_split(16), batch_size=8, max_steps=2, lr=1e-3, progress=False, pad_token_id=0)
+        train(model, tiny_split(16), batch_size=8, max_steps=2, lr=1e-3, progress=False, pad_token_id=0,
+              autocast_dtype=setup.autocast_dtype)
     return counter
 
 
