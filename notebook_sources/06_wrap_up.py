@@ -141,11 +141,18 @@ runs = json.loads((FIGURES / RUNS_FILE).read_text())
 within = {(r["condition"], r["method"]): r for r in read_rows(STUDY_CORRELATIONS)
           if r["statistic"] == "within checkpoints" and r["kind"] == "pearson"}
 print(f"{'condition':<24}{'method':<7}{'c':>7}{'within checkpoints [95% CI]':>30}{'excludes 0':>12}")
+not_read = []
 for run in runs.values():
-    row = within[(run["condition"], run["method"])]
+    row = within.get((run["condition"], run["method"]))
+    if row is None:  # a run of the study that notebook 05 has not read yet
+        not_read.append(f"{run['condition']}/{run['method']}")
+        continue
     value, low, high = (float(row[k]) for k in ("value", "low", "high"))
     print(f"{run['condition']:<24}{run['method']:<7}{run['row_norm_decay_factor']:>7.3f}"
           f"{f'{value:+.2f} [{low:+.2f}, {high:+.2f}]':>30}{str(low > 0 or high < 0):>12}")
+if not_read:
+    print(f"\n{len(not_read)} runs of the study have no correlation in {STUDY_CORRELATIONS} yet (run notebook 05): "
+          + ", ".join(not_read))
 
 # %% [markdown]
 # ## What the course showed
