@@ -201,8 +201,8 @@ print(f"LoRA q,v step, fp32: whole batch {step_seconds['whole batch']:.2f} s, gr
 
 # %% [markdown]
 # One batch is not a run: its padding share varies from batch to batch (section 2 gives the average). Over many
-# batches, side by side on one thread, `bench/micro_batch_bench.py` measured groups of 8 at 0.71–0.83 of the
-# whole-batch step for notebook 02's four methods (quoted in `lowrank.training.CPU_MICRO_BATCH`'s docstring).
+# batches, and for notebook 02's four methods side by side, `bench/micro_batch_bench.py` measures the same ratios
+# (its results: `docs/benchmarks.md`).
 #
 # ## 5. Where the memory goes
 #
@@ -263,9 +263,9 @@ print(f"{name}: merging its update s·B·A into W leaves W unchanged in {unchang
 # %% [markdown]
 # Whether a change survives bf16 storage depends on its size relative to the weight's: a step that is tiny next to
 # its weight vanishes, and fine-tuning is made of many small, accumulating steps. The last line shows the same loss
-# at merge time: adding LoRA's update to a bf16 `W` drops part of it. AdamW's second moment (the mean of squared
-# gradients, often around 1e-8 and smaller) is the same story in the other direction: its small increments would
-# round away next to a larger running value. So parameters and optimizer state stay fp32, and under autocast only
+# at merge time: adding LoRA's update to a bf16 `W` drops part of it. AdamW's moments are running means that take a
+# small increment at every step, the same story: in bf16 the increments would round away next to the running value.
+# So parameters and optimizer state stay fp32, and under autocast only
 # the *computation* is bf16 (a 2 × 5-token input here: bf16 work of microseconds, emulated or not):
 
 # %%
@@ -360,11 +360,14 @@ sdpa_seconds = interleaved_medians({"no dropout": lambda: F.scaled_dot_product_a
                                    rounds=ROUNDS + 5)
 print(f"SDPA forward, one batch, fp32: no dropout {sdpa_seconds['no dropout'] * 1e3:.1f} ms, dropout 0.1 "
       f"{sdpa_seconds['dropout 0.1'] * 1e3:.1f} ms")
+print(f"with dropout, the model's 6 attention forwards at this shape: {6 * sdpa_seconds['dropout 0.1']:.2f} s, against "
+      f"a whole-batch training step of {step_seconds['whole batch']:.2f} s (section 4)")
 assert (default_out - math_out).abs().max() < 1e-4
 
 # %% [markdown]
-# Attention is a small part of this model's step (its sequences are short: 64 tokens at most), so the fallback
-# costs little here; with long sequences it grows with the square of the length.
+# Read the last line as an order of magnitude (the backward adds about twice the forward's work): with sequences of
+# at most 64 tokens attention is a modest share of this model's step, and the fallback's extra cost with it; with
+# long sequences attention grows with the square of the length.
 #
 # ## What you learned
 #

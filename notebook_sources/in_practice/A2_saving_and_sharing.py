@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -13,55 +13,20 @@
 # ---
 
 # %% [markdown]
-# # 05 — Adapters that travel: save, reload, and share with PEFT
+# # A2 — Saving and sharing adapters (in practice)
 #
-# An adapter is worth keeping: it is small (only the trainable tensors) and it can be loaded into the tool
-# everyone uses, PEFT. This notebook trains a small DoRA adapter briefly, saves it, reloads it, exports it to
-# PEFT's format, loads it with PEFT, and imports it back into the from-scratch layers — comparing logits at
-# every hop. The last section draws the DoRA paper's Figure 2 for a run saved on disk, as a researcher would for theirs.
+# *Optional practitioner material beside the course path: the path (01–06) never needs it.* An adapter is worth
+# keeping: it is small (only the trainable tensors) and it can be loaded into the tool everyone uses, PEFT. This
+# notebook trains a small DoRA adapter briefly, saves it, reloads it, exports it to PEFT's format, loads it with PEFT,
+# and imports it back into the from-scratch layers, comparing logits at every hop; then it shows what each loader
+# refuses.
 #
-# Files are safetensors, never pickles: loading a file cannot run code. Both files of a save are written under
-# temporary names and renamed into place, so a crash never leaves a half-written file, nor one save's configuration
-# beside another's tensors (at worst the readable `adapter_config.json` is missing until the next save). Each
-# safetensors file also records an XXH3-128 digest of every tensor, since safetensors has no checksum, and `lowrank`'s
-# loads (`load_adapters`, `import_peft`) check them and name a tensor whose bytes changed (PEFT's own loader checks
-# nothing).
-
-# %% [markdown]
-# ### Running this notebook
-#
-# **Runtime, measured:** 40 s with `LOWRANK_PROFILE=quick`, 2½ min with `full`, on a 2-core machine whose CPU has AMX, so training ran in bf16 (the default, `LOWRANK_PRECISION=auto`: bf16 where the hardware multiplies it, else fp32). Both were measured two notebooks at a time, one torch thread each: quick under `make test` (fp32 `torch.mm` 2048³ at about 125–150 GFLOP/s per thread), full under `make course` (163 GFLOP/s per thread). Times scale roughly inversely with your machine's rate. In fp32 (`LOWRANK_PRECISION=fp32`, or a CPU without bf16 hardware) the previous full run took 2½ min on one thread.
-#
-# **Which profile runs.** `full` (the default) is for self-study: the outputs saved in this notebook come from it.
-# `quick` runs the same code at small sizes, for a live class and the tests; its numbers are noisier. The first line
-# printed below names the profile that ran, with the backbone, the data and the device. To switch inside the
-# notebook, set `PROFILE = "quick"` in the next cell (it sets `os.environ["LOWRANK_PROFILE"]` before `lowrank` is
-# imported) and run from the top; or start Jupyter with the environment variable `LOWRANK_PROFILE=quick`.
-#
-# **Stopping early.** Interrupting the kernel (■ in the toolbar, or `I`, `I`; Ctrl-C in a terminal) while a training
-# progress bar runs ends that training and keeps what it did: `lowrank`'s `train` returns the steps done so far
-# (with `interrupted` set), and the cell goes on with the partly trained model.
+# About 1½ min in the full profile, ½ min in quick, on a 2-core laptop CPU ([measured how](../../docs/runtimes.md)).
+# To switch profile, set `profile="quick"` (or `"full"`) in the next cell and run from the top.
 
 # %%
-# The one place to choose the profile inside the notebook: None keeps $LOWRANK_PROFILE (default "full");
-# "quick" for a live class, "full" for self-study. It must run before lowrank is imported: run from the top.
-import os
-
-PROFILE = None
-if PROFILE:
-    os.environ["LOWRANK_PROFILE"] = PROFILE
-
-# %%
-# Google Colab only (does nothing anywhere else): install the course package and its dependencies.
-# First put your copy of this repository into the session, e.g. `!git clone <its address> /content/lowrank`.
-import sys
-
-if "google.colab" in sys.modules:
-    import subprocess
-
-    REPOSITORY = "/content/lowrank"  # where the clone is
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", REPOSITORY], check=True)
-    sys.path.insert(0, REPOSITORY)  # importable now, without restarting the runtime
+from lowrank.notebook import setup_notebook
+setup = setup_notebook(profile=None, load=True, use_device=False)  # None: $LOWRANK_PROFILE (default "full"); "quick" for a live class
 
 # %%
 import copy
@@ -72,21 +37,20 @@ import torch
 from peft import PeftModel
 
 import lowrank
-from lowrank.notebook import setup_notebook
-from lowrank.persistence import export_peft, import_peft, load_adapters, save_adapters
-from lowrank.training import predict, seed_everything, train
+from lowrank import export_peft, import_peft, load_adapters, save_adapters
+from lowrank.training import predict, train
 
-setup = setup_notebook(load=True, use_device=False)
 profile, base, tokenizer, data = setup.profile, setup.model, setup.tokenizer, setup.data
 
 # %% [markdown]
-# *Long cell* (9 s quick, 43 s full, measured as in the first cell): a short DoRA training run to have an adapter
+# *Long cell* (about 10 s quick, 45 s full): a short DoRA training run to have an adapter
 # worth saving. Interrupting the kernel keeps what was
 # trained.
 
 # %%
 model = lowrank.add_adapters(copy.deepcopy(base), ["q_lin", "v_lin"], method="dora", rank=8, alpha=16)
-run = train(model, data["train"], max_steps=profile.probe_steps, lr=2e-3, description="DoRA")
+run = train(model, data["train"], max_steps=profile.probe_steps, lr=2e-3, autocast_dtype=setup.autocast_dtype,
+            description="DoRA")
 reference = predict(model, data["test"])
 workdir = Path(tempfile.mkdtemp(prefix="lowrank-adapters-"))
 print(f"trained {run.steps} steps; working in a temporary folder")
@@ -97,6 +61,12 @@ print(f"trained {run.steps} steps; working in a temporary folder")
 # `save_adapters` writes `adapters.safetensors` (the trainable tensors, with the configuration in its metadata)
 # and a readable `adapter_config.json`. `load_adapters` on a *fresh* backbone adds the adapters the configuration
 # names and fills them.
+#
+# Files are safetensors, never pickles: loading a file cannot run code. Both files of a save are written under
+# temporary names and renamed into place, so a crash never leaves a half-written file, nor one save's configuration
+# beside another's tensors (at worst the readable `adapter_config.json` is missing until the next save). Each
+# safetensors file also records an XXH3-128 digest of every tensor, since safetensors has no checksum, and `lowrank`'s
+# loads (`load_adapters`, `import_peft`) check them and name a tensor whose bytes changed.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -160,93 +130,43 @@ except ValueError as error:
     print("truncated file:", str(error).replace(str(workdir), "<folder>").split(" (")[0])
 
 # %% [markdown]
-# ## The DoRA paper's Figure 2 for your own runs
+# ## What PEFT's own loader checks
 #
-# Notebook 04 measured ΔM and ΔD on weights it kept in memory. A researcher's runs are checkpoints on disk — a
-# 🤗 Trainer's `checkpoint-N` folders of a Llama, a BART or a ViT, full weights or PEFT adapters — often far
-# larger than memory. Two tools, one arithmetic:
-#
-# * `python -m lowrank.analyze` reads only the matrices `--modules` selects, straight from the safetensors files,
-#   one block of rows at a time: no model class, no `from_pretrained`, memory flat whatever the model's size (see
-#   the README's benchmark; the course's `embedded` base is the exception, converted in memory). Adapters are
-#   analysed from their factors `A`, `B` (and DoRA's `m`), never merged.
-# * `MagnitudeDirectionCallback` measures the same numbers *during* a Trainer run (full fine-tuning, PEFT, or
-#   `lowrank`'s adapters; under DDP on the main process only) and writes the CSV and figure at the end.
-#
-# Here a Trainer fine-tunes a PEFT DoRA adapter on the course's model with the callback attached, saving a
-# checkpoint every `every` steps; then the command analyses those checkpoints, and the two must agree.
-
-# %% [markdown]
-# *Long cell* (12 s quick, 64 s full, measured as in the first cell): a 🤗 Trainer run. The Trainer, unlike `lowrank`'s `train`, does not catch an interrupt: interrupting
-# the kernel here stops the notebook.
-
-# %%
-from peft import LoraConfig, get_peft_model
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-from transformers.trainer_callback import PrinterCallback
-
-from lowrank.analyze import main as analyze
-from lowrank.trainer_callback import MagnitudeDirectionCallback
-
-steps = profile.probe_steps
-every = steps // 4
-seed_everything(0)
-backbone, _ = lowrank.load_backbone(setup.backbone)
-peft_dora = get_peft_model(backbone, LoraConfig(r=8, lora_alpha=16, target_modules=["q_lin", "v_lin"], use_dora=True,
-                                                modules_to_save=["pre_classifier", "classifier"]))
-callback = MagnitudeDirectionCallback(modules=r"q_lin$", every=every, run="PEFT DoRA", out=workdir / "callback",
-                                      bootstrap=500, verbose=False)
-arguments = TrainingArguments(output_dir=str(workdir / "trainer-run"), max_steps=steps, learning_rate=2e-3,
-                              per_device_train_batch_size=profile.batch_size, save_strategy="steps", save_steps=every,
-                              save_only_model=True, logging_strategy="no", report_to=[], seed=0, disable_tqdm=True,
-                              dataloader_pin_memory=False)
-trainer = Trainer(model=peft_dora, args=arguments, train_dataset=data["train"].remove_columns("text"),
-                  data_collator=DataCollatorWithPadding(tokenizer), callbacks=[callback])
-trainer.remove_callback(PrinterCallback)  # it would print the run's timing, which differs on every machine
-trainer.train()
-print("checkpoints:", sorted(p.name for p in (workdir / "trainer-run").iterdir()))
-
-# %% [markdown]
-# The command on the Trainer's `output_dir` (`--run LABEL=DIR`; several runs side by side give one panel each, e.g.
-# `--run ft=runs/ft lora=runs/lora dora=runs/dora`). `--base` is a folder, a hub name or `embedded`; left out, it is
-# read from the adapters' `adapter_config.json`. In a shell: `python -m lowrank.analyze --run dora=DIR --base embedded
-# --modules 'q_lin$' --out analysis/`. Besides notebook 04's pooled and within-checkpoint correlations it prints
-# *per layer*: each layer's correlation over its own checkpoints, averaged over the layers (how one layer moves in
-# time; notebook 06 uses it).
-
-# %%
-import contextlib
-import io
-
-with contextlib.redirect_stdout(io.StringIO()) as log:
-    status = analyze(["--run", f"PEFT DoRA={workdir / 'trainer-run'}", "--base", setup.backbone, "--modules",
-                      "q_lin$", "--out", str(workdir / "command"), "--bootstrap", "500", "--no-progress"])
-print(log.getvalue().replace(str(workdir), "<folder>"))
-assert status == 0, "the analysis failed: see the message above"
-
+# `PeftModel.from_pretrained` (peft 0.21.2) reads the adapter's keys and shapes: it loads the state dict into the
+# model with `load_state_dict(strict=False)`, which refuses a tensor whose shape differs from the model's (a
+# `RuntimeError` naming the tensor and both shapes), and it warns about adapter tensors the file lacks. What it cannot
+# check is the bytes: safetensors has no checksum, so a file whose values changed but whose header is intact loads
+# silently. `lowrank`'s loaders also compare each tensor's recorded XXH3-128 digest. The cell shows both cases on the
+# PEFT export above: an adapter config of another rank (wrong shapes), and one flipped byte in the tensor data.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-import csv
+import json
+import shutil
 
+other_rank = workdir / "peft-other-rank"
+shutil.copytree(workdir / "peft", other_rank)
+config = json.loads((other_rank / "adapter_config.json").read_text())
+config["r"] = 4  # the file's tensors keep rank 8
+(other_rank / "adapter_config.json").write_text(json.dumps(config))
+try:
+    PeftModel.from_pretrained(lowrank.load_backbone(setup.backbone)[0], str(other_rank))
+except RuntimeError as error:
+    print("PEFT, other shapes:", next(line.strip() for line in str(error).splitlines() if "size mismatch" in line))
 
-def read_points(path):
-    with open(path) as handle:
-        return list(csv.DictReader(handle))
-
-
-live, saved = read_points(workdir / "callback" / "points.csv"), read_points(workdir / "command" / "points.csv")
-print(f"{len(saved)} points: {len({r['module'] for r in saved})} query matrices × {len({r['step'] for r in saved})} "
-      f"checkpoints; columns {list(saved[0])}")
-same = [(a["module"], a["step"]) == (b["module"], b["step"])
-        and all(abs(float(a[c]) - float(b[c])) <= 1e-9 * abs(float(b[c])) for c in ("delta_m", "delta_d"))
-        for a, b in zip(live, saved)]
-print("callback (live weights) and command (saved checkpoints) agree:", len(live) == len(saved) and all(same))
-
-# %%
-from IPython.display import Image
-
-Image(filename=str(workdir / "command" / "dm_dd.png"), width=480)
+flipped = workdir / "peft-flipped"
+shutil.copytree(workdir / "peft", flipped)
+raw_bytes = bytearray((flipped / "adapter_model.safetensors").read_bytes())
+raw_bytes[-1] ^= 0x40  # the top byte of the last number in the file: its exponent changes, the header does not
+(flipped / "adapter_model.safetensors").write_bytes(bytes(raw_bytes))
+accepted = PeftModel.from_pretrained(lowrank.load_backbone(setup.backbone)[0], str(flipped)).eval()
+with torch.no_grad():
+    changed = not torch.allclose(predict(accepted, data["test"]), reference, atol=1e-5)
+print("PEFT, one flipped byte: loaded without a word; logits changed:", changed)
+try:
+    import_peft(lowrank.load_backbone(setup.backbone)[0], flipped)
+except ValueError as error:
+    print("lowrank.import_peft, same file:", str(error).replace(str(workdir), "<folder>").split(" (")[0])
 
 # %% [markdown]
 # ## What you learned
@@ -262,13 +182,14 @@ Image(filename=str(workdir / "command" / "dm_dd.png"), width=480)
 # * A load into adapters of other settings is refused, naming the field and both values, before anything is
 #   copied; a backbone of another size is refused at the first tensor whose shape differs; one with the same
 #   shapes is accepted silently (exercise 2).
-# * The DoRA paper's Figure 2 for checkpoints on disk: a Trainer callback measures it live, `python -m
-#   lowrank.analyze` from the saved checkpoints, and the two agree.
+# * PEFT's own loader checks keys and shapes, not bytes: a flipped byte loads silently there and is refused by
+#   `lowrank.import_peft`, which checks each tensor's digest.
+# * Next in this series: [A3](A3_your_own_checkpoints.ipynb) draws the DoRA paper's Figure 2 for checkpoints on disk.
 #
 # ## Exercises
 #
 # No training: the code of each runs in seconds on a 2-core laptop CPU, in the quick profile as in the full one.
-# Checked solutions: [solutions/05_solutions.ipynb](solutions/05_solutions.ipynb).
+# Checked solutions: [../solutions/A2_solutions.ipynb](../solutions/A2_solutions.ipynb).
 #
 # 1. **Read the error before you see it** *(about 10 minutes)*. This notebook loaded its adapter into adapters of
 #    another rank. Predict the message for another alpha, another method (LoRA) and other targets (query, key and

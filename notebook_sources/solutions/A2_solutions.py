@@ -4,6 +4,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -11,20 +13,19 @@
 # ---
 
 # %% [markdown]
-# # Solutions — notebook 05, adapters that travel
+# # Solutions — A2, saving and sharing adapters
 #
-# Try each exercise before reading its solution. Every solution checks its answer with an `assert`.
+# Worked answers to the exercises of [A2](../in_practice/A2_saving_and_sharing.ipynb), an optional practitioner
+# notebook beside the course path. Try each exercise before reading its solution; every solution checks its answer
+# with an `assert`.
 #
-# **Runtime on a 2-core laptop CPU:** about 10 seconds of work after the imports, in either profile (no
-# training: an adapter with made-up values is saved once and loaded in the wrong places).
+# About 10 s of work after the imports in either profile, on a 2-core laptop CPU (no training: an adapter with
+# made-up values is saved once and loaded in the wrong places). To switch profile, set `profile="quick"` in the next
+# cell and run from the top.
 
 # %%
-# The profile: None keeps $LOWRANK_PROFILE (default "full"); set "quick" for a fast pass, then run from the top.
-import os
-
-PROFILE = None
-if PROFILE:
-    os.environ["LOWRANK_PROFILE"] = PROFILE
+from lowrank.notebook import setup_notebook
+setup = setup_notebook(profile=None, load=False, use_device=False)  # None: $LOWRANK_PROFILE (default "full"); "quick" for a live class
 
 # %%
 import copy
@@ -36,14 +37,10 @@ import torch
 from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
 import lowrank
+from lowrank import load_adapters, save_adapters
 from lowrank.backbone import embedded_config
-from lowrank.persistence import load_adapters, save_adapters
-from lowrank.settings import backbone_name, current_profile
-from lowrank.training import seed_everything
 
-profile = current_profile()
-seed_everything(0)
-base, tokenizer = lowrank.load_backbone(backbone_name())
+base, tokenizer = lowrank.load_backbone(setup.backbone)
 adapted = lowrank.add_adapters(copy.deepcopy(base), ["q_lin", "v_lin"], method="dora", rank=8, alpha=16)
 with torch.no_grad():  # values as after training: B away from zero, magnitudes moved
     for _, layer in lowrank.adapter_layers(adapted):
@@ -55,7 +52,7 @@ save_adapters(adapted, saved)
 batch = tokenizer(["a wonderful, moving film", "the worst service I have ever had"], padding=True, return_tensors="pt")
 with torch.no_grad():
     reference = adapted.eval()(**batch).logits
-print(f"profile: {profile.name}; saved a DoRA adapter (q_lin, v_lin, r=8, alpha=16) in a temporary folder")
+print(f"saved a DoRA adapter (q_lin, v_lin, r=8, alpha=16) in a temporary folder")
 
 
 def load_error(model) -> str:
@@ -70,7 +67,7 @@ def load_error(model) -> str:
 # %% [markdown]
 # ## Exercise 1 — Read the error before you see it
 #
-# *Notebook 05 loaded the adapter into a model whose adapters have another rank. Predict the message for
+# *A2 loaded the adapter into a model whose adapters have another rank. Predict the message for
 # three other mismatches — another alpha, another method (LoRA), other targets (query, key and value) — then
 # run them. Is the model left as it was?*
 
