@@ -252,7 +252,7 @@ with torch.no_grad():
         if parameter.requires_grad:
             parameter.copy_(mine.get_parameter(name))                        # your trained values
     gap = (package(**probe_batch).logits - mine(**probe_batch).logits).abs().max().item()
-print(f"with your trained factors and head: largest logit difference {gap:.1e} (float rounding)")
+print(f"with your trained factors and head: largest logit difference {gap:.1e}")
 assert theirs == trainable and lowrank.count_parameters(package).trainable == n_trainable and gap < 1e-4
 
 # %% [markdown]
