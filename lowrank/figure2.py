@@ -466,9 +466,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_study(args.out, conditions, **({"train_size": 512, "eval_size": 256} if args.quick else {}))
 
 
-if __name__ == "__main__":
-    main()
-
 
 # --- Reading the study back (notebook 05) -------------------------------------------------
 
@@ -621,7 +618,7 @@ ROBUST_STATISTICS = {"within checkpoints": ("even", "within checkpoints"), "last
 
 
 def robust_correlation(rows: Sequence[Mapping], condition: str, method: str, module_suffix: str,
-                       statistic: str = "within checkpoints", samples: int = 2000) -> RobustCorrelation:
+                       statistic: str = "within checkpoints", samples: int = 1000) -> RobustCorrelation:
     """Pearson of one panel with its layer-bootstrap interval, exact permutation p and leave-one-layer-out range.
 
     ``statistic``: ``"within checkpoints"`` (the four `even` checkpoints, each checkpoint's mean removed) or
@@ -646,7 +643,7 @@ def robust_correlation(rows: Sequence[Mapping], condition: str, method: str, mod
 
 def robust_table(rows: Sequence[Mapping], conditions: Sequence[str] | None = None,
                  statistics: Sequence[str] = ("within checkpoints", "last checkpoint"),
-                 samples: int = 2000) -> list[RobustCorrelation]:
+                 samples: int = 1000) -> list[RobustCorrelation]:
     """:func:`robust_correlation` for every condition × method × query/value × statistic present in ``rows``."""
     conditions = conditions or list(dict.fromkeys(r["condition"] for r in rows))
     present = {(r["condition"], r["method"]) for r in rows}
@@ -679,10 +676,25 @@ def ranks(values: Sequence[float]) -> list[int]:
     return out
 
 
-def write_robustness(out: Path, samples: int = 2000) -> Path:
+def read_robustness(path: Path) -> list[RobustCorrelation]:
+    """The rows of a :data:`ROBUSTNESS_FILE` (as written by :func:`write_robustness`)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    types = {f.name: f.type for f in fields(RobustCorrelation)}
+    return [RobustCorrelation(**{k: (int(v) if types[k] == "int" else float(v) if types[k] == "float" else v)
+                                 for k, v in row.items()}) for row in rows]
+
+
+def write_robustness(out: Path, samples: int = 1000) -> Path:
     """Write :func:`robust_table` of every condition in ``out``'s points file to :data:`ROBUSTNESS_FILE`."""
     rows = read_csv(out / POINTS_FILE)
     table = robust_table(rows, samples=samples)
     path = out / ROBUSTNESS_FILE
     _write_atomically(path, _csv_text([f.name for f in fields(RobustCorrelation)], [asdict(r) for r in table]))
     return path
+
+
+if __name__ == "__main__":
+    main()
