@@ -1,7 +1,7 @@
 """The DoRA paper's weight-change analysis: magnitude change ΔM versus direction change ΔD.
 
 Taught in notebook 04: section 1 (ΔM and ΔD), section 3 (the figure), section 4 (the correlations and
-their layer-bootstrap intervals); notebook 06, section 3, reads the study with it.
+their layer-bootstrap intervals); notebook 05 (why the slope turns negative) reads the study with it.
 
 For a weight ``W_t`` (merged, ``[out, in]``) and its pretrained ``W_0`` the paper's eq. 3-4,
 with its "columns" being output features = rows of ``nn.Linear.weight``:

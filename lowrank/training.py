@@ -67,7 +67,7 @@ def tokenize(data: DatasetDict | Dataset, tokenizer: PreTrainedTokenizerBase, ma
     The ``attention_mask`` stored here is all ones, since nothing is padded yet. :func:`batches` (and so
     :func:`train`, :func:`predict`) does not read it: it pads each batch and rebuilds the mask from the
     lengths of ``input_ids``. The column is there for other consumers, such as the 🤗 ``Trainer``'s
-    padding collator (notebook 05). ``text`` and ``label`` are kept.
+    padding collator (notebook A3). ``text`` and ``label`` are kept.
     """
 
     def encode(batch: dict) -> dict:

@@ -1,6 +1,6 @@
 """Record ΔM/ΔD during a 🤗 Trainer run: :class:`MagnitudeDirectionCallback`.
 
-Taught in notebook 05, "The DoRA paper's Figure 2 for your own runs".
+Taught in notebook A3 (in_practice), "Figure 2 for your own checkpoints".
 
 Every ``every`` optimizer steps it measures the matched weight matrices of the model being
 trained against their pretrained values, with the same arithmetic as ``python -m lowrank.analyze``

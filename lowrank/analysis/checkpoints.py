@@ -1,6 +1,6 @@
 """What a checkpoint folder holds, as one weight update per module, read without building a model.
 
-Part of ``python -m lowrank.analyze`` (notebook 05, "The DoRA paper's Figure 2 for your own runs").
+Part of ``python -m lowrank.analyze`` (notebook A3, "Figure 2 for your own checkpoints").
 
 Four kinds of folder are understood, each from its files alone:
 

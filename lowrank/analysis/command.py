@@ -1,6 +1,6 @@
 """The DoRA paper's Figure 2 for your own runs: ``python -m lowrank.analyze``.
 
-Taught in notebook 05, "The DoRA paper's Figure 2 for your own runs".
+Taught in notebook A3 (in_practice), "Figure 2 for your own checkpoints".
 
 Compares checkpoints with their base model, weight matrix by weight matrix, reading only the
 tensors that ``--modules`` selects, straight from safetensors files, one block of rows at a time

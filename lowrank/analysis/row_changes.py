@@ -1,6 +1,6 @@
 """ΔM and ΔD of one weight matrix, streamed in row blocks, from full weights or adapter factors.
 
-Part of ``python -m lowrank.analyze`` (notebook 05, "The DoRA paper's Figure 2 for your own runs").
+Part of ``python -m lowrank.analyze`` (notebook A3, "Figure 2 for your own checkpoints").
 
 The DoRA paper's eq. 3-4 compare each output feature (a row of ``nn.Linear.weight`` [out, in])
 of a fine-tuned ``W_t`` with the pretrained ``W_0``:

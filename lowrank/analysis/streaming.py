@@ -1,6 +1,6 @@
 """Read single tensors, or blocks of their rows, straight from safetensors files.
 
-Part of ``python -m lowrank.analyze`` (notebook 05, "The DoRA paper's Figure 2 for your own runs").
+Part of ``python -m lowrank.analyze`` (notebook A3, "Figure 2 for your own checkpoints").
 
 A safetensors file is an 8-byte little-endian header length, a JSON header (each tensor's
 ``dtype``, ``shape`` and ``data_offsets`` into the byte buffer that follows, plus optional
