@@ -103,10 +103,10 @@ for label, spec in methods.items():
         lowrank.add_adapters(candidate, ["q_lin", "v_lin"], method=spec["method"], rank=8, alpha=16)
     run = train(candidate, data["train"], max_steps=total_steps, batch_size=profile.batch_size, lr=spec["lr"],
                 seed=0, snapshot_steps=snapshot_steps, snapshot=lambda m: merged_linear_weights(m, pattern),
-                description=label)
+                description=label, autocast_dtype=setup.autocast_dtype)
     snapshots[label] = run.snapshots
     accuracies[label] = accuracy(candidate, data["test"])
-    print(f"{label}: {run.steps} steps{' (interrupted)' if run.interrupted else ''}, test accuracy {accuracies[label]:.2%}, snapshots at {sorted(run.snapshots)}")
+    print(f"{label}: {run.steps} steps, test accuracy {accuracies[label]:.2%}, snapshots at {sorted(run.snapshots)}")
 
 
 # %% [markdown]
@@ -222,7 +222,7 @@ for label, (lr, seed) in variants.items():
         candidate = candidate.to(device).requires_grad_(True)
         run = train(candidate, data["train"], max_steps=total_steps, batch_size=profile.batch_size, lr=lr, seed=seed,
                     snapshot_steps=snapshot_steps, snapshot=lambda m: merged_linear_weights(m, query_only),
-                    description=label)
+                    description=label, autocast_dtype=setup.autocast_dtype)
         points = magnitude_direction_points(label, run.snapshots,
                                             {n: w for n, w in pretrained.items() if n.endswith("q_lin")})
         acc = accuracy(candidate, data["test"])

@@ -91,7 +91,8 @@ for decay in (weight_decay, 0.0):
     candidate = lowrank.add_adapters(copy.deepcopy(model), ["q_lin", "v_lin"], method="dora", rank=8, alpha=16)
     run = train(candidate, data["train"], max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=decay,
                 warmup_fraction=warmup_fraction, seed=0, snapshot_steps=snapshot_steps,
-                snapshot=lambda m: merged_linear_weights(m, pattern), progress=False)
+                snapshot=lambda m: merged_linear_weights(m, pattern), progress=False,
+                autocast_dtype=setup.autocast_dtype)
     runs[decay] = {"magnitudes": {name: layer.magnitude.detach().clone() for name, layer in lowrank.adapter_layers(candidate)},
                    "snapshots": run.snapshots}
 print(f"{profile.name} profile: DoRA trained twice for {steps} steps of batch {batch_size}, "
