@@ -51,13 +51,14 @@ profile, model, tokenizer, data = setup.profile, setup.model, setup.tokenizer, s
 # query matrix, `W_0` itself, and a random matrix of the same shape.
 
 # %% [markdown]
-# *Long cell* (under a minute in the full profile): a short fine-tune. Interrupting the kernel keeps what it trained.
+# *Long cell* (about a minute in the full profile): a short fine-tune. Interrupting the kernel stops it.
 
 # %%
 queries = [name for name, _ in model.named_modules() if name.endswith("q_lin")]
 pretrained = {name: model.get_submodule(name).weight.detach().clone() for name in queries}
 probe = copy.deepcopy(model)
-probe_run = train(probe, data["train"], max_steps=profile.probe_steps, lr=5e-5, seed=0, description="full fine-tune probe")
+probe_run = train(probe, data["train"], max_steps=profile.probe_steps, lr=5e-5, seed=0, description="full fine-tune probe",
+                  autocast_dtype=setup.autocast_dtype)  # the course's training precision (notebook A1)
 updates = {name: probe.get_submodule(name).weight.detach() - pretrained[name] for name in queries}
 window = max(1, profile.probe_steps // 6)
 print(f"{profile.probe_steps} steps of full fine-tuning, mean loss of the first {window} steps "

@@ -257,8 +257,8 @@ assert theirs == trainable and lowrank.count_parameters(package).trainable == n_
 
 # %% [markdown]
 # `lowrank.train` runs the loop of section 3 (forward, backward, AdamW step, zero_grad) with some bookkeeping
-# around it: a learning rate that warms up and then decays linearly, evaluation, and a clean stop when you
-# interrupt the kernel (it keeps what it trained). Here it trains fresh adapters for the same steps, on the same
+# around it: a learning rate that warms up and then decays linearly, evaluation, and a progress bar with the
+# running loss. Here it trains fresh adapters for the same steps, on the same
 # batches in the same order:
 
 # %%
@@ -323,7 +323,7 @@ del peft_model
 
 # %% [markdown]
 # *Long cell*, most of this notebook's time (about 20 min in the full profile): four training runs, one after the
-# other. Interrupting the kernel ends the run in progress and keeps what it trained; the next run then starts.
+# other. Interrupting the kernel stops the cell.
 
 # %%
 all_linear_targets = lowrank.targets_from_toggles(key=True, projection=True, mlp=True)
@@ -346,7 +346,8 @@ for label, spec in experiments.items():
         lowrank.add_adapters(candidate, spec["targets"], method="lora", rank=8, alpha=16)
     memory = training_step_memory(candidate, memory_batch)
     run = train(candidate, data["train"], data["validation"], epochs=profile.epochs, batch_size=profile.batch_size,
-                lr=spec["lr"], seed=0, eval_every=eval_every, description=label)
+                lr=spec["lr"], seed=0, eval_every=eval_every, description=label,
+                autocast_dtype=setup.autocast_dtype)  # the course's training precision (notebook A1)
     results[label] = {
         "test accuracy": logits_accuracy(test_logits.setdefault(label, predict(candidate, data["test"])), data["test"]),
         "validation accuracy": run.evaluations[-1][1],  # after the last step

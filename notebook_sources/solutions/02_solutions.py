@@ -79,7 +79,8 @@ sweep, started = {}, time.perf_counter()
 for rank in (1, 4, 16):
     candidate = lowrank.add_adapters(copy.deepcopy(model), ["q_lin", "v_lin"], method="lora", rank=rank,
                                      alpha=2 * rank).to(device)
-    run = train(candidate, data["train"], lr=2e-3, seed=0, progress=False, **budget)
+    run = train(candidate, data["train"], lr=2e-3, seed=0, progress=False, autocast_dtype=setup.autocast_dtype,
+                **budget)  # the precision notebook 02 trains in
     right = (predict(candidate, test).argmax(-1) == test_labels).tolist()  # per-tweet correctness, for McNemar
     sweep[rank] = {"steps": run.steps, "right": right, "trainable": lowrank.count_parameters(candidate).trainable}
 print(f"the sweep took {time.perf_counter() - started:.0f} s ({profile.name} profile)")
@@ -122,7 +123,8 @@ full_data = tokenize(load_sentiment(dataset_name(), train_size=full.train_size, 
                      tokenizer, full.max_length)
 started = time.perf_counter()
 chosen = lowrank.add_adapters(copy.deepcopy(model), ["q_lin", "v_lin"], rank=8, alpha=16).to(device)
-train(chosen, full_data["train"], max_steps=200, batch_size=16, lr=2e-3, seed=0, description="LoRA q,v, full sizes")
+train(chosen, full_data["train"], max_steps=200, batch_size=16, lr=2e-3, seed=0, description="LoRA q,v, full sizes",
+      autocast_dtype=setup.autocast_dtype)
 print(f"trained in {time.perf_counter() - started:.0f} s; test accuracy on {len(full_data['test']):,} tweets: "
       f"{accuracy(chosen, full_data['test']):.1%}")
 
