@@ -20,11 +20,13 @@
 #
 # $$W' = m \odot \frac{W_0 + \tfrac{\alpha}{r} B A}{\lVert W_0 + \tfrac{\alpha}{r} B A \rVert}, \qquad m_0 = \lVert W_0 \rVert .$$
 #
-# You will find out *which* norm the paper means (and run the seed article's DoRA code, which takes the wrong one),
-# write the layer yourself, measure what the paper's detached norm saves, check the layer against PEFT, train it
-# against LoRA, and read the paper's gradient argument in code.
+# Here `‖·‖` is one norm per output feature of the layer (section 1 settles which axis that is), and `α/r` is LoRA's
+# scale from notebook 01, written `s` below. You will find out *which* norm the paper means (and run the DoRA code
+# of the blog article this course grew out of, which takes the wrong one), write the layer yourself, measure what the
+# paper's detached norm saves, check the layer against PEFT, train it against LoRA, and read the paper's gradient
+# argument in code.
 #
-# About 11–18 min in the full profile, 1 min in quick, on a 2-core CPU ([measured how](../docs/runtimes.md)).
+# About 11–18 min in the full profile, 1 min in quick, on a 2-core laptop CPU ([measured how](../docs/runtimes.md)).
 # To switch, set `profile="quick"` (or `"full"`) in the next cell and run from the top.
 
 # %%
@@ -47,7 +49,8 @@ profile, device, model, tokenizer, data = setup.profile, setup.device, setup.mod
 # %% [markdown]
 # ## 1. Which norm? The paper's columns are PyTorch's rows
 #
-# The paper writes `W ∈ R^{d×k}`, `m ∈ R^{1×k}` and takes the norm "across each column", without saying which side
+# The paper writes `W ∈ R^{d×k}`, `m ∈ R^{1×k}`, with `‖·‖_c` "the vector-wise norm of a matrix across each column"
+# (its eq. 2), without saying which side
 # the input multiplies: the notation alone is ambiguous. Its first author settled it (nbasyl/DoRA issue #1: `W` there
 # is `(in_features, out_features)`), and the official code takes `norm(dim=1)` of `nn.Linear.weight`: one norm per
 # *output* feature. PyTorch's `nn.Linear.weight` is `[out, in]` and computes `x @ W.T`, so the paper's column `j` is
@@ -305,8 +308,8 @@ assert extra["DoRA, norm detached"] < extra["DoRA, norm not detached"]
 # that it needs to differentiate `‖V‖`; with it, nothing of the norm is kept, and the saving is about the size of those
 # matrices (the last printed line). It grows with the layers' size (`out × in`) and their number, not with the batch,
 # so on this small model it is a small share of the step, where activations dominate. On large models it is not: the
-# paper's Table 7 reports what the detach saves in whole training memory with its official code, 24.4 % on LLaMA-7B
-# and 12.4 % on VL-BART.
+# paper's ablation (§4.3, Table 7) reports "a training memory reduction of approximately 24.4% in fine-tuning LLaMA
+# and 12.4% in VL-BART", with accuracy "unchanged for VL-BART" and "a negligible difference of only 0.2" on LLaMA.
 #
 # Detached DoRA still holds more than LoRA here: to give `m` its gradient, plain autograd keeps each layer's output
 # before the scaling by `g`, a `[batch, tokens, out]` tensor. `lowrank.DoRALinear`, which the rest of the course
@@ -351,7 +354,7 @@ print("max |logit difference| vs PEFT DoRA < 1e-5:", difference < 1e-5)
 
 # %% [markdown]
 # *Long cell* (about 10 min in the full profile, half a minute in quick): two training runs, LoRA then DoRA.
-# Interrupting the kernel ends the run in progress and keeps what it trained; the next run then starts.
+# Interrupting the kernel stops the cell.
 
 # %%
 results, trained, test_logits = {}, {}, {}
@@ -394,9 +397,10 @@ with open(figure_path("03_results.json"), "w") as handle:  # the wrap-up (06) co
 # %% [markdown]
 # With one seed and about 1,000 test tweets, a difference under about two points between two methods is not
 # resolved, whichever way it points: a large McNemar p-value says the disagreements split about as evenly as chance
-# would split them. The order of DoRA and LoRA is not even stable across re-runs of this very notebook: an earlier
-# re-run that trained in fp32 instead of bf16 reversed it. To rank methods, train each with several seeds. The
-# paper's gains over LoRA are on larger models (LLaMA, LLaVA, VL-BART) and longer training.
+# would split them. To rank methods, train each with several seeds. For scale: the paper's gains over LoRA on
+# VL-BART (its Tables 2 and 3) are about one point on image-text tasks (average 77.4 against 76.5) and two on
+# video-text tasks (85.4 against 83.5), on a larger model trained for longer; a gain of that size would not be
+# resolved here.
 #
 # ## 6. Merge DoRA, and check nothing changed
 
@@ -531,6 +535,10 @@ print(f"detaching the norm changes ∇V' by {(detached_V - full_V).norm() / full
 # * `g = m` starts at `‖W0‖` per row, so `W' = W0` at step 0 (PyTorch's `weight_norm` also starts `g` at the norm
 #   of the weight it wraps);
 # * by default the norm is detached (eq. 11), which drops the projection that weight normalization has.
+#
+# The paper names the difference it cares about in §4.1: "Weight normalization trains both components from scratch,
+# making the method sensitive to different initializations. Conversely, DoRA avoids such initialization concerns
+# since both components begin with pre-trained weights."
 #
 # PyTorch has weight normalization built in: `torch.nn.utils.parametrizations.weight_norm(linear, dim=0)`. That
 # `dim=0` is not section 1's bug: `weight_norm`'s `dim` names the axis it **keeps**, one norm per index along it

@@ -16,13 +16,15 @@
 # # 04 — Magnitude versus direction: the DoRA paper's Figure 2
 #
 # The DoRA paper motivates its design with one plot: for each fine-tuning method, how much the weights changed in
-# **magnitude** (ΔM) against how much they changed in **direction** (ΔD), per layer, at several checkpoints. It reports
-# that full fine-tuning (FT) shows a *negative* correlation between the two (large direction changes come with small
-# magnitude changes and vice versa), LoRA a *positive* one (both move together, "proportionally"), and DoRA a negative
-# one like FT. The paper did not release the code for this analysis. You will write ΔM and ΔD, fine-tune three ways,
-# draw the figure on this course's model, and read where it agrees with the paper's and where it does not.
+# **magnitude** (ΔM) against how much they changed in **direction** (ΔD), per layer, at several checkpoints. In its
+# words, LoRA "exhibits a consistent positive slope trend across all the intermediate steps, signifying a proportional
+# relationship between the changes in direction and magnitude", full fine-tuning (FT) "displays a more varied learning
+# pattern with a relatively negative slope" (large direction changes with small magnitude changes, or the reverse),
+# and "DoRA, and FT are characterized by a distinct negative slope". The authors have not published the code for this
+# analysis (NVlabs/DoRA issue #15). You will write ΔM and ΔD, fine-tune three ways, draw the figure on this course's
+# model, and read where it agrees with the paper's and where it does not.
 #
-# About 13–25 min in the full profile, 2 min in quick, on a 2-core CPU ([measured how](../docs/runtimes.md)).
+# About 13–25 min in the full profile, 2 min in quick, on a 2-core laptop CPU ([measured how](../docs/runtimes.md)).
 # To switch, set `profile="quick"` (or `"full"`) in the next cell and run from the top.
 
 # %%
@@ -87,8 +89,7 @@ for label, (dm, dd) in synthetic.items():
 
 # %% [markdown]
 # *Long cell* (about 7 min in the full profile, 1 min in quick): three training runs, one after the other.
-# Interrupting the kernel ends the run in progress and keeps what it trained (and its snapshots so far); the next run
-# then starts.
+# Interrupting the kernel stops the cell.
 
 # %%
 total_steps = profile.analysis_steps
@@ -148,10 +149,11 @@ value_points = figure("v_lin", "Value matrices", figure_path("04_value_dm_dd.png
 # %% [markdown]
 # ## 4. This course's correlations next to the paper's
 #
-# The paper reports one correlation per method for VL-BART's query matrices (FT −0.62, LoRA +0.83, DoRA −0.31); it
-# names neither the statistic nor how a panel's points were combined. The table sets them beside our correlation of
-# all of a panel's points ("pooled"), Pearson and Spearman, the nearest reading of one number per panel. Ours come
-# from a different, much smaller model and task, so agreement in *sign* is the meaningful comparison.
+# The paper reports one correlation per method for VL-BART's query matrices: "both FT and DoRA exhibit negative
+# correlation values of -0.62 and -0.31, respectively. In contrast, LoRA shows a positive correlation with a value of
+# 0.83." It names neither the statistic nor how a panel's points were combined. The table sets them beside our
+# correlation of all of a panel's points ("pooled"), Pearson and Spearman, the nearest reading of one number per
+# panel. Ours come from a different, much smaller model and task, so agreement in *sign* is the meaningful comparison.
 #
 # Every point of a panel mixes two sources of variation: *between checkpoints* (both ΔM and ΔD grow as training goes
 # on, which by itself pushes the correlation towards +1) and *between layers at one checkpoint*. So next to the pooled
@@ -201,13 +203,14 @@ for kind in ("query", "value"):
 # %% [markdown]
 # ### Does the sign depend on the learning rate or the seed?
 #
-# Full fine-tuning's sign is the clearest disagreement with the paper, so we repeat it: once with a 3× larger learning
-# rate, once with another seed (another data order and head initialisation), the same number of steps, query matrices
-# only. (Notebook 05 repeats all three methods under many more conditions.)
+# The paper's argument starts from full fine-tuning's negative slope, so we check whether our FT run's sign is stable:
+# we repeat it once with a 3× larger learning rate, once with another seed (another data order and head
+# initialisation), the same number of steps, query matrices only. (Notebook 05 repeats all three methods under many
+# more conditions.)
 
 # %% [markdown]
 # *Long cell* (about 6 min in the full profile, under a minute in quick): two more training runs. Interrupting the
-# kernel ends the run in progress and keeps what it trained.
+# kernel stops the cell.
 
 # %%
 query_only = r"\.q_lin$"
@@ -234,19 +237,20 @@ for label, (lr, seed) in variants.items():
 # %% [markdown]
 # ## 5. Reading it honestly
 #
-# **LoRA** comes out with a positive slope, as in the paper. But so does full fine-tuning here, so a positive slope
-# alone says little. One geometric effect ties LoRA's ΔM to its ΔD: when nothing else acts on a row's norm, a step
-# *perpendicular* to the row still lengthens it (Pythagoras: `‖w + g⊥‖ − ‖w‖ ≈ ‖g⊥‖²/(2‖w‖)`), which is `‖w‖`
-# times its direction change, so magnitude follows direction.
+# **LoRA.** Compare its sign in section 4's table with full fine-tuning's: where FT's slope is positive too, a
+# positive slope alone does not set LoRA apart. One geometric effect ties LoRA's ΔM to its ΔD: when nothing else acts
+# on a row's norm, a step *perpendicular* to the row still lengthens it (Pythagoras:
+# `‖w + g⊥‖ − ‖w‖ ≈ ‖g⊥‖²/(2‖w‖)`), which is `‖w‖` times its direction change `1 − cos θ ≈ θ²/2`, so magnitude
+# follows direction.
 #
-# **Full fine-tuning and DoRA** do not show the paper's negative sign in the pooled correlation (the table of
-# section 4). The rows "within checkpoints" of the same table say whether a negative slope across layers appears once
+# **Full fine-tuning and DoRA.** The pooled rows of section 4's table say whether they show the paper's negative
+# sign; the rows "within checkpoints" of the same table say whether a negative slope across layers appears once
 # the time trend is removed; read only signs whose interval excludes zero, and remember that with six layers every
 # such interval is rough.
 #
 # One difference from the paper's training is easy to measure: weight decay. AdamW's decoupled decay multiplies every
 # decayed weight by `(1 − lr·λ)` at each step, so what matters is the cumulative `λ·Σlr`. This notebook trains with
-# `train()`'s default λ = 0.01 for a few hundred steps; the paper's 20-epoch runs have far more:
+# `train()`'s default λ = 0.01 for the steps printed in section 2; the paper's 20-epoch runs have far more:
 
 # %%
 from lowrank.figure2 import PAPER_CUMULATIVE_DECAY, cumulative_lr
@@ -264,17 +268,19 @@ for label, spec in methods.items():
 # reaches only `A` and `B`, never `W0`'s row norms. Notebook 05 tests this idea one factor at a time, at the paper's
 # cumulative strength.
 #
-# **Magnitudes move early in all three methods, LoRA's included.** The table of
+# **How early do the magnitudes move?** The table of
 # medians in section 4 (before the learning-rate and seed check) shows how much of each method's final ΔM and ΔD is
 # already there at the first checkpoint, a quarter of the way through, and the lines under it compare DoRA with
 # LoRA. Adam trains DoRA's `m` (and FT's weights) directly: each entry can move by up to about the learning rate per step,
 # from the first step. LoRA has no parameter that sets a row's norm directly: its rows change only through the
-# low-rank update `B·A`, which grows from zero (`B` starts at zero), so its ΔM grows only as `B·A` does. ΔD grows with the *square* of the
-# angle, so an early ΔD fraction is smaller than the ΔM fraction even when the angle is not small.
+# low-rank update `B·A`, which grows from zero (`B` starts at zero), so its ΔM grows only as `B·A` does. And ΔD
+# grows like the *square* of a row's angle (`1 − cos θ ≈ θ²/2`), ΔM like the first power of its norm change, so for
+# the same pace of change the early share of ΔD is the smaller one.
 #
-# Our setting still differs from the paper's in ways the study cannot remove: a 22.7 M-parameter (notebook 02) sentence-embedding
-# model read through its first token instead of VL-BART, one binary tweet task instead of multi-task
-# vision-language training, hundreds of steps instead of tens of thousands. The practitioner notebook
+# Our setting still differs from the paper's in ways the study cannot remove: a small sentence-embedding model
+# (notebook 02 counts its parameters) read through its first token instead of VL-BART, one binary tweet task instead
+# of multi-task vision-language training, the steps printed in section 2 (a few hundred in the full profile)
+# instead of the 20 epochs of the paper's official training scripts. The practitioner notebook
 # [A3](in_practice/A3_your_own_checkpoints.ipynb) draws the same figure for your own checkpoints.
 
 # %% [markdown]
@@ -287,7 +293,7 @@ for label, spec in methods.items():
 # * A pooled correlation mixes the time trend with the differences between layers; the correlation within
 #   checkpoints separates them, and intervals must resample whole layers, not points.
 # * Section 4 prints where this course's signs agree with the paper's and where they do not, and whether full
-#   fine-tuning's positive sign here persists at another learning rate and seed.
+#   fine-tuning's sign here persists at another learning rate and seed.
 # * A step perpendicular to a row also lengthens it, which ties ΔM to ΔD for LoRA; the cumulative weight decay
 #   `λ·Σlr` of these runs is far below the paper's (section 5 prints both), and notebook 05 asks whether that is
 #   what turns the slope.

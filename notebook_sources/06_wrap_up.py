@@ -55,10 +55,11 @@ print("reading", ", ".join(READ), "from the repository's figures/:", all((FIGURE
 # %% [markdown]
 # ## LoRA against full fine-tuning (notebook 02)
 #
-# Every accuracy below comes from one training run, scored on one test set. Its binomial standard error is about one
-# point on the full profile's 1,000 test tweets, so a difference under about two points is not resolved by the
-# accuracies alone. The models are scored on the same tweets, so McNemar's paired test (notebook 02) asks the sharper
-# question: do the tweets where exactly one of two models is right split evenly?
+# Every accuracy below comes from one training run, scored on one test set. Its binomial standard error,
+# `√(p(1 − p)/n)`, is about one point for `n` = 1,000 test tweets (the full profile) near 90 % accuracy, so a difference
+# under about two points is not resolved by the accuracies alone. The models are scored on the same tweets, so McNemar's
+# paired test (notebook 02) asks the sharper question: do the tweets where exactly one of two models is right split
+# evenly?
 
 # %%
 saved = json.loads((FIGURES / "02_results.json").read_text())
@@ -83,10 +84,9 @@ for i, first in enumerate(trained):
 
 # %% [markdown]
 # Read a pair as different only where its p-value is small; a large p-value means this test set cannot tell those
-# two trained models apart. Even a small one ranks the two *trained models*, not the methods: an earlier run of
-# notebook 02, which differed from the committed one in dropout's random numbers, in float rounding and in the
-# training precision (fp32 against bf16), ordered the methods differently. The gaps in trainable parameters and
-# memory are far larger than any such noise.
+# two trained models apart. Even a small one ranks the two *trained models*, not the methods: another seed (another
+# draw of `A`, another dropout, another data order) can order them differently, and only several seeds per method
+# would rank the methods. The gaps in trainable parameters and memory are far larger than any such noise.
 #
 # ## DoRA against LoRA (notebook 03)
 #
@@ -112,7 +112,8 @@ else:
 
 # %% [markdown]
 # With one seed per method and about 1,000 test tweets, no difference under about two points between DoRA and LoRA
-# is resolved, whichever way it points; an earlier re-run of notebook 03 in another precision reversed their order.
+# is resolved, whichever way it points. The paper's own gains of DoRA over LoRA on VL-BART are of that size (about one
+# point on image-text tasks, two on video-text tasks), on a larger model trained for longer.
 #
 # ## The DoRA paper's Figure 2 on this course's model (notebooks 04 and 05)
 #
@@ -183,8 +184,9 @@ if not_read:
 #
 # * **LoRA** — Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models",
 #   [arXiv:2106.09685](https://arxiv.org/abs/2106.09685). The method of notebooks 01–02: frozen weights, a trainable
-#   low-rank update `B·A` with `B` zero at the start and scale `α/r`, no extra inference latency once merged; on
-#   GPT-3 175B it reports 10,000× fewer trainable parameters and 3× less GPU memory than full fine-tuning with Adam.
+#   low-rank update `B·A` with `B` zero at the start and scale `α/r`, no extra inference latency once merged.
+#   "Compared to GPT-3 175B fine-tuned with Adam, LoRA can reduce the number of trainable parameters by 10,000 times
+#   and the GPU memory requirement by 3 times" (its abstract).
 # * **Intrinsic dimension** — Aghajanyan, Zettlemoyer and Gupta, 2020, "Intrinsic Dimensionality Explains the
 #   Effectiveness of Language Model Fine-Tuning", [arXiv:2012.13255](https://arxiv.org/abs/2012.13255). Why a small
 #   update can be enough: optimising 200 parameters, randomly projected into RoBERTa's full parameter space, reaches
@@ -215,7 +217,8 @@ if not_read:
 #   fine-tuned on one 48 GB GPU.
 # * **VeRA** — Kopiczko, Blankevoort and Asano, 2023, "VeRA: Vector-based Random Matrix Adaptation",
 #   [arXiv:2310.11454](https://arxiv.org/abs/2310.11454). One pair of frozen random low-rank matrices shared by all
-#   layers, and only small scaling vectors trained per layer: about 10× fewer trainable parameters than LoRA.
+#   layers, and only small scaling vectors trained per layer: far fewer trainable parameters than LoRA at the same
+#   performance, in its abstract's words "significantly reduces the number of trainable parameters compared to LoRA".
 # * **PiSSA** — Meng, Wang and Zhang, 2024, "PiSSA: Principal Singular Values and Singular Vectors Adaptation of
 #   Large Language Models", [arXiv:2404.02948](https://arxiv.org/abs/2404.02948). LoRA's architecture, but `A` and
 #   `B` start from the principal singular values and vectors of `W` and the residual is frozen: it converges faster
