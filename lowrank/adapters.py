@@ -1,7 +1,7 @@
 """Put adapters into a model, take them out again, and count what trains.
 
-Taught in notebook 02, section 2 (where the adapters go: ``targets_from_toggles``, ``add_adapters``, the
-trainable head) and section 4 (merging); notebook 01 counts parameters with it (section 4) and merges (section 5).
+Taught in notebook 02, sections 4-5 (``add_adapters`` does in one call what section 2 does by hand; where
+the adapters go: ``targets_from_toggles``, the trainable head) and section 7 (merging); notebook 01 counts parameters with it (section 4) and merges (section 5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Comparing two classifiers on one test set: McNemar's exact test (notebook 02, section 3).
+"""Comparing two classifiers on one test set: McNemar's exact test (notebooks 02, section 6, and 03, section 5).
 
 Two models scored on the *same* examples are paired: what tells them apart is only the examples
 where exactly one of them is right. McNemar's test asks whether those discordant examples split

@@ -1,7 +1,7 @@
 """DoRA: weight-decomposed low-rank adaptation (Liu et al., 2024).
 
 Taught in notebook 03: section 1 (which norm), section 2 (the layer, its efficient forward, its dropout),
-section 3 (what the detached norm and the recompute save), section 4 (the same numbers as PEFT),
+section 3 (what the detached norm saves; A1 measures the recompute), section 4 (the same numbers as PEFT),
 section 6 (merging).
 
 Each output feature's weight row is split into a magnitude and a direction,

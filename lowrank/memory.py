@@ -1,6 +1,6 @@
 """Memory of one training step, measured the same way on CPU and GPU.
 
-Taught in notebook 03, section 3 (what the detach saves, measured); notebook 02, section 3, reports it per method.
+Taught in notebook 03, section 3 (what the detach saves, measured); notebook 02, section 6, reports it per method; A1 compares the DoRA variants.
 
 On a CPU there is no allocator high-water mark to read, so this counts what a training
 step must hold: the tensors autograd saves for backward (the activations), plus the

@@ -1,7 +1,8 @@
 """Tokenise, batch, train with a progress bar, evaluate, and snapshot weights on the way.
 
-Taught in notebook 02: "The training loop, in the open" (what :func:`train` does, step by step) and
-section 3 (four ways to fine-tune with it); notebook 04, section 2, uses its weight snapshots.
+Taught in notebook 02: sections 3-4 (a training loop written out, then :func:`train` doing the same in one call)
+and section 6 (four ways to fine-tune with it); notebook 04, section 2, uses its weight snapshots; the practitioner
+notebook A1 shows its speed knobs (length groups, the fused AdamW, bf16 autocast).
 """
 
 from __future__ import annotations
