@@ -18,7 +18,8 @@
 # *Optional practitioner material beside the course path: the path (01–06) never needs it.* Where a training
 # step's time goes on a CPU, and what `lowrank.train` does about it: length groups instead of padded batches, a
 # fused AdamW, bf16 autocast where the hardware multiplies bf16, and why the trained parameters stay fp32. Every
-# claim is measured on your machine as the notebook runs.
+# claim is measured on your machine as the notebook runs, except bf16's speed on a machine that would only emulate
+# bf16: section 7 then shows a committed measurement and names the machine it came from.
 #
 # About 2 min in the full profile, 1 min in quick, on a 2-core laptop CPU ([measured how](../../docs/runtimes.md)).
 # To switch profile, set `profile="quick"` (or `"full"`) in the next cell and run from the top.
@@ -114,7 +115,8 @@ assert gap < 1e-4
 #
 # The loop below is what `lowrank.train` runs for a few steps, without its bookkeeping: length groups on a CPU, and
 # AdamW with `fused=True`, which updates all trainable tensors in one fused operation instead of a Python loop over
-# them (the same update, to rounding). Run for the same steps from the same start, the two agree step by step.
+# them (the same update, to rounding: section 4 checks it). Run for the same steps from the same start, the two agree
+# step by step.
 
 # %%
 def train_in_the_open(model, train_data, *, steps, batch_size, lr, weight_decay=0.01, warmup_fraction=0.06, seed=0):
@@ -161,22 +163,41 @@ assert len(hand_losses) == len(helper_losses) == open_steps and loss_gap <= 1e-6
 # ## 4. What each knob saves, measured
 #
 # Two measurements, each with its contenders alternated (A B A B …) so that the machine's noise hits both alike;
-# read the ratios, which carry over between machines better than the seconds. First AdamW's update of all 22.7 M
-# parameters (full fine-tuning's case, where the optimiser matters most): fused against `foreach` (one operation per
-# kind over lists of tensors) and the plain per-tensor loop. Then one LoRA q,v training step in fp32 on the same
-# batch, whole against in length groups of 8.
+# read the ratios, which carry over between machines better than the seconds. First AdamW's update of all the
+# model's parameters (full fine-tuning's case, where the optimiser matters most; the line prints how many): fused against `foreach` (one operation per
+# kind over lists of tensors) and the plain per-tensor loop, and a check that the three compute the same update.
+# Then one LoRA q,v training step in fp32 on the same batch, whole against in length groups of 8.
 
 # %%
 full_model = copy.deepcopy(model).to(device)
 for p in full_model.parameters():
     p.grad = torch.randn_like(p) * 1e-3
-optimizers = {kind: torch.optim.AdamW(full_model.parameters(), lr=1e-5, **flags)
-              for kind, flags in (("fused", dict(fused=True)), ("foreach", dict(foreach=True)),
-                                  ("per-tensor loop", dict(foreach=False, fused=False)))}
+ADAMW_KINDS = {"fused": dict(fused=True), "foreach": dict(foreach=True),
+               "per-tensor loop": dict(foreach=False, fused=False)}
+optimizers = {kind: torch.optim.AdamW(full_model.parameters(), lr=1e-5, **flags) for kind, flags in ADAMW_KINDS.items()}
 optimizer_seconds = interleaved_medians({kind: opt.step for kind, opt in optimizers.items()}, rounds=ROUNDS + 2)
 print(f"AdamW step over {sum(p.numel() for p in full_model.parameters()) / 1e6:.1f} M parameters: " +
       ", ".join(f"{kind} {seconds * 1e3:.0f} ms" for kind, seconds in optimizer_seconds.items()))
 del full_model, optimizers
+
+
+def three_adamw_steps(flags):
+    """The LoRA tensors after three AdamW steps with the same made-up gradients, under one implementation."""
+    generator = torch.Generator().manual_seed(0)
+    tensors = [p.detach().clone().requires_grad_() for p in lora_start.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(tensors, lr=2e-3, weight_decay=0.01, **flags)
+    for _ in range(3):
+        for t in tensors:
+            t.grad = torch.randn(t.shape, generator=generator).to(t.device)
+        optimizer.step()
+    return tensors
+
+
+after = {kind: three_adamw_steps(flags) for kind, flags in ADAMW_KINDS.items()}
+update_gap = max((a - b).abs().max().item() for kind in ("foreach", "per-tensor loop")
+                 for a, b in zip(after["fused"], after[kind]))
+print(f"the same update: after 3 steps, fused against the other two, max |difference| {update_gap:.1e}")
+assert update_gap < 1e-6
 
 
 def one_step(net, optimizer, batch, group_size, dtype=None):
@@ -228,9 +249,11 @@ for label, targets in (("head only", None), ("LoRA q,v r=8", ["q_lin", "v_lin"])
     del candidate
 
 # %% [markdown]
-# Full fine-tuning's extra is mostly its gradients and AdamW's two moments: three fp32 copies of every parameter.
-# The rest, for every method, is activations, which LoRA still needs to backpropagate *through* the frozen layers
-# below each adapter; that is also why LoRA saves far less time per step than it saves trainable parameters.
+# Full fine-tuning alone pays for gradients and AdamW's two moments of every parameter: three fp32 copies, so its
+# grads/AdamW part is three times the weights. Every method pays the activations, which LoRA still needs to
+# backpropagate *through* the frozen layers below each adapter; at this batch they are of the same order as full
+# fine-tuning's three copies (compare the two parts printed above). That is also why LoRA saves far less time per
+# step than it saves trainable parameters.
 #
 # ## 6. Mixed precision: the lesson (runs everywhere, in seconds)
 #
@@ -277,7 +300,7 @@ print(f"under autocast: output {y.dtype}; lora_A stored as {layer.lora_A.dtype},
 layer.zero_grad(set_to_none=True)
 
 # %% [markdown]
-# ## 7. What bf16 buys on this machine
+# ## 7. What bf16 buys, measured
 #
 # Where the hardware multiplies bf16, the next cell measures it: the bf16 `torch.mm` rate, the same LoRA q,v
 # training steps from the same start in fp32 (groups of 8) and under bf16 autocast (groups of 16), alternated, and
@@ -310,7 +333,7 @@ if bf16_is_fast(device):
                 "step_seconds": precision_seconds, "losses": short_losses}
     with open(figure_path(BF16_FILE), "w") as handle:
         json.dump(measured, handle, indent=1)
-    print("measured here:")
+    print(f"measured here, on {measured['machine']}, {measured['torch_threads']} torch thread(s):")
 else:
     with open(REPOSITORY_FIGURES / BF16_FILE) as handle:
         measured = json.load(handle)
@@ -325,36 +348,53 @@ for name, values in measured["losses"].items():
     print(f"  first {len(values)} losses, {name}:", ", ".join(f"{loss:.6f}" for loss in values))
 
 # %% [markdown]
-# Three things to read. **The gain is modest:** the `torch.mm` rates put bf16 several times ahead of fp32 on a CPU
-# with AMX, yet the step gains far less, because much of a step is not a large matrix product: dropout's random
+# Three things to read, whichever machine the lines come from (the first line of the output says). **The step
+# gains less than `torch.mm`:** the step's speed-up (1 ÷ its bf16/fp32 ratio) falls well short of the `torch.mm`
+# rates' ratio, because much of a step is not a large matrix product: dropout's random
 # numbers, GELU, layer norm, softmax and the optimizer gain little from bf16 matrix units. On a CPU, GELU and the
 # feed-forward dropout run in bf16 on a matmul's bf16 output; layer norm runs in fp32 on the fp32 residual sum, the
 # optimizer outside autocast; attention runs inside `scaled_dot_product_attention`, whose CPU kernel with dropout on
 # is the next section's subject. **The ratio, not the seconds:** seconds depend on the machine and what else runs on
 # it. **The losses differ from the first step:** under bf16 `lowrank.train` runs groups of 16, not 8, so dropout
 # draws other masks, and bf16 also rounds each linear layer's inputs and output; afterwards the two runs update from
-# different gradients. Whether that matters over whole runs was measured by training notebook 02's four methods
-# both ways in one sitting (`bench/precision_bench.py`; `docs/precision.md` gives its table): the accuracy
-# differences lay inside what re-runs of one precision already move, which is why `auto` is the default.
+# different gradients. Whether that matters over whole runs was measured by training notebook 02's four methods in
+# both precisions (`docs/precision.md` gives the table and how each pair was run): every accuracy difference lay
+# inside what re-runs of one precision already move, and no paired test told a bf16 model from its fp32 twin, which
+# is why `auto` is the default (a judgement on one seed per method, not proof that bf16 changes nothing).
 #
 # ## 8. Attention's CPU kernel with dropout on
 #
 # DistilBERT's attention calls PyTorch's `scaled_dot_product_attention` (SDPA). On a CPU its fused kernel serves
 # attention without dropout (evaluation); with dropout on (training), PyTorch falls back to the plain "math"
-# implementation: two batched matrix products around a softmax and a dropout, each materialised. The cell checks that
-# the fused kernel and the math fallback compute the same attention without dropout, then times SDPA at one batch's
-# shape (32 tweets, 12 heads, 64 tokens, 32 dimensions per head) in fp32, without and with dropout.
+# implementation: two batched matrix products around a softmax and a dropout, each materialised. On a CPU the cell
+# checks both halves of that sentence: the fused kernel (`FLASH_ATTENTION`, asked for by name) and the math fallback
+# compute the same attention without dropout, and the fused kernel refuses a call with dropout. Then it times SDPA at
+# one batch's shape (32 tweets, 12 heads, 64 tokens, 32 dimensions per head) in fp32, without and with dropout.
 
 # %%
+import warnings
+
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 generator = torch.Generator(device=device).manual_seed(0)
 q, k, v = (torch.randn(32, 12, 64, 32, device=device, generator=generator) for _ in range(3))
-default_out = F.scaled_dot_product_attention(q, k, v)
 with sdpa_kernel(SDPBackend.MATH):
     math_out = F.scaled_dot_product_attention(q, k, v)
-print(f"fused kernel against math fallback, no dropout: max |difference| {(default_out - math_out).abs().max():.1e}")
+if device.type == "cpu":
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        fused_out = F.scaled_dot_product_attention(q, k, v)  # raises if the fused kernel cannot serve it
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns why before it refuses
+                F.scaled_dot_product_attention(q, k, v, dropout_p=0.1)
+            fused_with_dropout = "accepted"
+        except RuntimeError:
+            fused_with_dropout = "refused (so the default falls back to math)"
+else:  # a GPU's fused kernels serve fp32 with dropout: the CPU's case does not arise
+    fused_out, fused_with_dropout = F.scaled_dot_product_attention(q, k, v), "not checked on a GPU"
+print(f"fused kernel against math fallback, no dropout: max |difference| {(fused_out - math_out).abs().max():.1e}")
+print(f"fused kernel asked for with dropout 0.1: {fused_with_dropout}")
 sdpa_seconds = interleaved_medians({"no dropout": lambda: F.scaled_dot_product_attention(q, k, v),
                                     "dropout 0.1": lambda: F.scaled_dot_product_attention(q, k, v, dropout_p=0.1)},
                                    rounds=ROUNDS + 5)
@@ -362,7 +402,7 @@ print(f"SDPA forward, one batch, fp32: no dropout {sdpa_seconds['no dropout'] * 
       f"{sdpa_seconds['dropout 0.1'] * 1e3:.1f} ms")
 print(f"with dropout, the model's 6 attention forwards at this shape: {6 * sdpa_seconds['dropout 0.1']:.2f} s, against "
       f"a whole-batch training step of {step_seconds['whole batch']:.2f} s (section 4)")
-assert (default_out - math_out).abs().max() < 1e-4
+assert (fused_out - math_out).abs().max() < 1e-4 and fused_with_dropout != "accepted"
 
 # %% [markdown]
 # Read the last line as an order of magnitude (the backward adds about twice the forward's work): with sequences of

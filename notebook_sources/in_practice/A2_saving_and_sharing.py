@@ -44,8 +44,7 @@ profile, base, tokenizer, data = setup.profile, setup.model, setup.tokenizer, se
 
 # %% [markdown]
 # *Long cell* (about 10 s quick, 45 s full): a short DoRA training run to have an adapter
-# worth saving. Interrupting the kernel keeps what was
-# trained.
+# worth saving. Interrupting the kernel stops the cell.
 
 # %%
 model = lowrank.add_adapters(copy.deepcopy(base), ["q_lin", "v_lin"], method="dora", rank=8, alpha=16)
@@ -109,10 +108,10 @@ print("imported logits equal the original's (to 1e-5):", torch.allclose(predict(
 # %% [markdown]
 # ## When the folder does not fit
 #
-# Loading into a model that already has adapters compares method, rank, alpha, dropout and targets, and refuses a
-# difference naming the field and both values; that model is left untouched. A backbone of another size is refused at
-# the first tensor whose shape differs, while one with the same shapes is accepted silently (the recorded backbone
-# name is not compared; exercise 2 runs both cases). A damaged file is refused as damaged.
+# Loading into a model that already has adapters compares method, rank, alpha, scaling rule, dropout and targets,
+# and refuses a difference naming the field and both values; that model is left untouched. A backbone of another
+# size is refused at the first tensor whose shape differs, while one with the same shapes is accepted silently (the
+# recorded backbone name is not compared; exercise 2 runs both cases). A damaged file is refused as damaged.
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -40,14 +40,14 @@ setup = setup_notebook(profile=None, load=True, use_device=False)  # None: $LOWR
 # * `MagnitudeDirectionCallback` measures the same numbers *during* a Trainer run (full fine-tuning, PEFT, or
 #   `lowrank`'s adapters; under DDP on the main process only) and writes the CSV and figure at the end.
 #
-# Both compute, for each selected matrix and checkpoint, the paper's ΔM (eq. 3: mean change of the rows' norms) and
-# ΔD (eq. 4: mean of 1 − cosine between each row and its pretrained row), as notebook 04 does. Here a Trainer fine-tunes a PEFT DoRA adapter on the
+# Both compute, for each selected matrix and checkpoint, the paper's ΔM (eq. 3: mean absolute change of the rows'
+# norms) and ΔD (eq. 4: mean of 1 − cosine between each row and its pretrained row), as notebook 04 does; a row of
+# `nn.Linear.weight` is one output feature, the paper's column. Here a Trainer fine-tunes a PEFT DoRA adapter on the
 # course's model with the callback attached, saving a checkpoint every `every` steps; then the command analyses those
 # checkpoints.
 
 # %% [markdown]
-# *Long cell* (about 15 s quick, 1 min full): a 🤗 Trainer run. The Trainer, unlike `lowrank`'s `train`, does not
-# catch an interrupt: interrupting the kernel here stops the notebook.
+# *Long cell* (about 15 s quick, 1 min full): a 🤗 Trainer run. Interrupting the kernel stops the cell.
 
 # %%
 import tempfile

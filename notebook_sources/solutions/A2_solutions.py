@@ -149,5 +149,5 @@ print("load says:", message)
 assert f"tensor {holder!r}" in message
 
 # %% [markdown]
-# safetensors itself would load those bytes as valid numbers (any bit pattern is a float): the digest
+# safetensors itself would load those bytes without a word (any bit pattern is some float, perhaps a NaN): the digest
 # recorded for every tensor at save time is what catches the flip and names the tensor.
