@@ -53,12 +53,7 @@ def test_the_callback_does_not_import_the_command():
     assert modules_after("import lowrank.analysis.callback", ("lowrank.analysis.command",)) == set()
 
 
-OLD_PATHS = {  # TEMPORARY shims (lowrank/<old>.py): removed once the notebooks import the new paths
-    "lowrank.safetensors_stream": ("lowrank.analysis.streaming", "locate"),
-    "lowrank.row_changes": ("lowrank.analysis.row_changes", "magnitude_direction_changes"),
-    "lowrank.checkpoints": ("lowrank.analysis.checkpoints", "open_checkpoint"),
-    "lowrank.trainer_callback": ("lowrank.analysis.callback", "MagnitudeDirectionCallback"),
-    "lowrank.persistence": ("lowrank.adapter_files.peft_interop", "peft_twin"),
+OLD_PATHS = {  # a public entry point kept at its old path: `python -m lowrank.analyze`
     "lowrank.analyze": ("lowrank.analysis.command", "analyze_checkpoints"),
 }
 
