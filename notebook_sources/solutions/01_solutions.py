@@ -18,7 +18,7 @@
 # Try each exercise before reading its solution. Every solution checks its own answer with an `assert`, so
 # this notebook fails loudly (and the course's tests with it) if an answer stops being true.
 #
-# A few seconds of work after the imports, in either profile: the exercises train single layers, not the backbone.
+# The exercises train single layers, not the backbone, so nothing here depends on the profile.
 
 # %%
 import copy
@@ -41,7 +41,7 @@ setup = setup_notebook(profile=None)  # None: $LOWRANK_PROFILE (default "full");
 # section 3 of notebook 01.*
 #
 # The only change is the scaling, so the subclass sets one attribute. PEFT is given our factors, so both
-# must compute the same output exactly.
+# must compute the same output, to float rounding.
 
 # %%
 from peft import LoraConfig, get_peft_model
@@ -98,10 +98,12 @@ assert 0.7 < growth["RsLoRALinear"] < 1.4, "rsLoRA's first step should not depen
 assert growth["LoRALinear"] < 0.25, "alpha/r makes the first step shrink as the rank grows"
 
 # %% [markdown]
-# With `α/√r` the first step is about the same size at every rank; with `α/r` it shrinks like `1/√r`. rsLoRA's
-# paper argues that this shrinking is why larger ranks seemed not to help LoRA. To train the backbone with it,
+# With `α/√r` the first step is about the same size at every rank (the printed ratios); with `α/r` it shrinks like
+# `1/√r`. rsLoRA's paper (arXiv:2312.03732) argues that `α/r` slows learning at larger ranks, so that raising the
+# rank of plain LoRA buys less than it could. To train the backbone with it,
 # set `layer.scaling = layer.alpha / math.sqrt(layer.rank)` on every layer of `lowrank.adapter_layers(model)`;
-# PEFT needs `use_rslora=True` in the configuration (and `lowrank.import_peft` refuses such folders).
+# PEFT needs `use_rslora=True` in the configuration (`lowrank.export_peft` and `lowrank.import_peft` carry it as
+# the `alpha/sqrt(rank)` scaling rule).
 #
 # ## Exercise 2 — Zero the other factor
 #
@@ -134,13 +136,15 @@ assert results["A"] == {"starts at the base layer": True, "A gets a gradient": T
 # Both start exactly at the pretrained layer; in each, only the factor opposite the zero one moves at the
 # first step (`∂L/∂B ∝ (A x)` vanishes when `A = 0`, `∂L/∂A ∝ Bᵀ g` when `B = 0`). So the two are not the
 # same training: Hayou et al. (2024, "The Impact of Initialization on LoRA Finetuning Dynamics") compare them
-# and find that zeroing `B` (PEFT's default) allows larger learning rates and, on average, trains better.
+# and find that "the first scheme (initializing B to zero and A to random) on average yields better performance
+# compared to the other scheme"; their analysis suggests the reason "might be that the first initialization
+# allows the use of larger learning rates (without causing output instability)".
 #
 # ## Exercise 3 — The rank of what LoRA learns
 #
-# *Train a rank-4 `LoRALinear` and a plain `nn.Linear` (full fine-tuning) on the same regression task for 20
-# AdamW steps. What is the rank of each update `ΔW`? Use `energy_captured` from notebook 01 to say how many
-# directions hold the full fine-tune's update.*
+# *Train a rank-4 `LoRALinear` and a plain `nn.Linear` (full fine-tuning) on the same regression task (a random
+# teacher layer) for 20 AdamW steps. What is the rank of each update `ΔW`? How much of each does
+# `energy_captured` (notebook 01) keep at rank 4?*
 
 # %%
 def energy_captured(matrix: torch.Tensor) -> torch.Tensor:
