@@ -198,8 +198,8 @@ assert same
 # 3. **step**: one AdamW update; then **zero_grad**, so the next batch's gradients do not add to these.
 #
 # `lowrank.training.batches` shuffles the tweets and pads each batch to its longest one. The run is short on purpose
-# (the number of steps is printed): enough to see the loss fall and the accuracy rise well above the 50 % of
-# guessing.
+# (the number of steps is printed): in the full profile, long enough to see the loss fall and the accuracy rise
+# above the 50 % of guessing; the quick profile's few steps mainly show the loop working.
 
 # %%
 steps = 120 if profile.name == "full" else 20
