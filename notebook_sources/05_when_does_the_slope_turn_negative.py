@@ -153,7 +153,8 @@ print(f"1 - cos:     measured {row.dd_measured:.3e}; first order {row.dd_first_o
 # * `long_wd_paper_m_exempt`: DoRA with its magnitude exempt from decay;
 # * `short_wd_paper_x0.5`, `_x2`: half and twice the estimate (the dose–response of section 5);
 # * `short_wd_paper_swap`, `short_wd0_swap`: the causal test of section 4;
-# * `short_wd_paper_alpha32`: LoRA at the α its quoted baseline used.
+# * `short_wd_paper_alpha32`, `short_wd0_alpha32`: LoRA at the α its quoted baseline used, with and without decay;
+# * `short4x_wd_paper`: compression, the same `λ·Σlr` over 4× the steps (section 5).
 
 # %%
 def rms_weight(condition, method):
@@ -171,8 +172,13 @@ for key, run in runs.items():
           f"{run['weight_decay'] * rms_weight(run['condition'], run['method']):>11.2g}"
           f"{run.get('lora_alpha', 128) if run['method'] != 'FT' else '':>5}{run.get('swap', 'none'):>9}"
           f"{'' if difference is None else f'{difference:.1e}':>12}{run['test_accuracy']:>9.1%}{run['seconds_per_step']:>7.2f}")
+print(f"training time of all {len(runs)} runs, one core each: {sum(run['seconds'] for run in runs.values()) / 60:.0f} min")
 
 # %% [markdown]
+# The runs were made in two sittings, on a machine shared with other work, so `s/step` varies: the first 13
+# (`short_wd0` to `long_wd_paper_m_exempt`) at about 160 GFLOP/s per thread (fp32 `torch.mm` 2048³), the rest at
+# about 86 GFLOP/s with other processes on the same cores ([runtimes](../docs/runtimes.md)).
+#
 # `max|Δlogit|` is the largest change of the classifier's output, on 64 test sentences before training, between the
 # pretrained model and the run's starting model (with its adapters added, and rescaled under a swap): the check that
 # the swap of section 4 does not change what the network computes. Runs made before this check existed show none.
@@ -304,6 +310,25 @@ for before, after in SWAPS:
 show_robust(robust, conditions=[c for pair in SWAPS for c in pair], methods=("FT", "DoRA"))
 
 # %% [markdown]
+# **What the swap did** (the tables above):
+#
+# * **ΔM follows the norms exactly under decay, and only under decay.** In every decayed FT and DoRA panel, before
+#   and after the swap, ρ(norm, ΔM) is +1.00: the largest ΔM moved from layer 0 to layer 5 with the norms. Without
+#   decay it is nowhere near: decay is what ties the magnitude change to the norm.
+# * **FT's ΔD follows the norms too, with or without decay**: in the query matrices ΔD was largest in layer 5 before
+#   the swap and is largest in layer 0 after it; ρ(norm, ΔD) stays strongly negative while ρ(depth, ΔD) changes sign.
+#   That is section 1's "a step of Adam's size turns a small row more", not depth. With decay, FT's slopes stay
+#   negative after the swap, query and value, with intervals that exclude zero and exact p below 0.05: for FT the
+#   negative slope follows the norms.
+# * **DoRA, value**: the same under decay; the slope is more clearly negative after the swap than before.
+# * **DoRA, query**: ΔM moved with the norms, but ΔD stayed largest in layer 5, where the large norms now are, and
+#   the slope turned positive (its interval spans zero). DoRA's negative query slope before the swap rested on
+#   layer 5 holding both the smallest norm and the largest ΔD (section 3: it flips without layer 5); the swap
+#   separated the two, and depth won for ΔD.
+# * **Without decay** (the control, `short_wd0_swap`) the signs are not stable under the swap: FT's query slope goes
+#   from positive to negative and DoRA's value slope from positive to negative, neither settled, because ΔM no longer
+#   follows the norms and ΔD still does. Decay is what makes the sign independent of where the norms sit.
+# %% [markdown]
 # ## 5. Dose–response: the correlation against the cumulative decay
 #
 # If decay makes the negative slope, the cross-layer correlation should move towards −1 as `λ·Σlr` grows from 0,
@@ -334,12 +359,46 @@ fig.savefig(figure_path("05_dose_response.png"), dpi=110)
 plt.show()
 
 # %% [markdown]
-# **Compression** (not yet measured). Packing `λ·Σlr` into 250 steps makes each step's decay far stronger than the
-# paper's (section 2), so a decay share measured here need not hold there. "Decay's effect depends only on `λ·Σlr`"
-# is exact for the shrink factor `c`, not for ΔM and ΔD, which also depend on how the gradient steps interleave with
-# the decay. The test is the same `λ·Σlr` over 4× the steps with λ 4× smaller: `figure2.PENDING_CONDITIONS` defines
-# it (`short4x_wd_paper`, `python -m lowrank.figure2 --out figures/ --only short4x_wd_paper`); it did not fit this
-# study's CPU budget.
+# **What the dose does.** The sign switches between no decay and half the estimate and then stays: for FT the
+# correlations at ½, 1 and 2 times the estimate are all strongly negative with intervals that exclude zero, and they do
+# not grow more negative with the dose. This is a threshold, not a graded response: once decay's part of ΔM outweighs
+# the gradient's, the ranks of ΔM are the ranks of the norms, and more decay only scales them. DoRA's query slope is
+# negative at every dose but never settled; its value slope is settled at ½× and not at 2× (the batch-300 estimate).
+
+# %% [markdown]
+# **Compression.** Packing `λ·Σlr` into 250 steps makes each step's decay far stronger than the paper's (section 2),
+# so a decay share measured here need not hold there. "Decay's effect depends only on `λ·Σlr`" is exact for the
+# shrink factor `c`, not for ΔM and ΔD, which also depend on how the gradient steps interleave with the decay. The
+# test: the same `λ·Σlr` over 4× the steps with λ 4× smaller (`short4x_wd_paper`, 1,000 steps), beside the 250-step
+# run. At the last checkpoint, query and value matrices: decay's share of ΔM (as in section 7), the paper's ΔM and
+# ΔD, and the within-checkpoint correlations:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def last_rows(condition, method):
+    rows = [r for r in mechanism if (r["condition"], r["method"]) == (condition, method)]
+    return [r for r in rows if r["step"] == max(x["step"] for x in rows)]
+
+
+def decay_share(condition, method):
+    """Mean over matrices of |decay part| / (|decay| + |gradient| + |second order|) at the last checkpoint."""
+    return float(np.mean([abs(r["dm_decay"]) / (abs(r["dm_decay"]) + abs(r["dm_gradient"]) + abs(r["dm_second_order"]))
+                          for r in last_rows(condition, method)]))
+
+
+compressed = [m for m in ("DoRA", "FT") if f"short4x_wd_paper/{m}" in runs]
+if not compressed:
+    print("not yet measured: run `python -m lowrank.figure2 --out figures/ --only short4x_wd_paper`")
+for method in compressed:
+    for condition in ("short_wd_paper", "short4x_wd_paper"):
+        run = runs[f"{condition}/{method}"]
+        final = [r for r in points if (r["condition"], r["method"]) == (condition, method)
+                 and r["step"] == run["steps"]]
+        cells = [r for r in robust if (r.condition, r.method, r.statistic) == (condition, method, "within checkpoints")]
+        print(f"{method:<5}{condition:<18}{run['steps']:>5} steps  λ {run['weight_decay']:<6.3g} c {run['row_norm_decay_factor']:.3f}  "
+              f"decay share {decay_share(condition, method):.0%}  ΔM {np.mean([r['delta_m'] for r in final]):.4f}  "
+              f"ΔD {np.mean([r['delta_d'] for r in final]):.2e}  acc {run['test_accuracy']:.1%}  "
+              + "  ".join(f"{r.matrices} {r.value:+.2f} [{r.low:+.2f}, {r.high:+.2f}] p {r.p_paper_sign:.3f}" for r in cells))
 
 # %% [markdown]
 # ## 6. The paper's own account, tested on the same runs
@@ -421,6 +480,16 @@ for key, run in runs.items():
           f"{'' if math.isnan(decay_r) else f'{decay_r:+.2f}':>21}")
 for name, (right, total) in tally.items():
     print(f"{name}: the predicted sign matches {right} of the {total} settled rows")
+
+# %% [markdown]
+# **Reading the table.** Where the two accounts disagree, the settled runs side with decay: §4.2's misses are the
+# settled FT and DoRA runs without decay, which are positive. They agree on every settled decayed FT run and on
+# LoRA (for LoRA, §4.2 predicts nothing of its own: its positive sign is the paper's reading of Figure 2). The second
+# test points the same way: the size of the gradient's part of ΔM mostly *rises* with ΔD across layers (a positive
+# `r(ΔD, |gradient part|)`, against §4.2's trade-off), while the size of decay's part falls with ΔD wherever decay
+# acts, the two exceptions being FT in the long regime and DoRA after the swap, whose slopes are not settled. None of
+# this says eq. 9 is wrong for a single row at equal update size; it says the across-layer slope of Figure 2 is not
+# made by it in these runs.
 
 # %% [markdown]
 # ## 7. Every statistic, and the mechanism, condition by condition
@@ -602,47 +671,56 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 #
 # **The finding**, each sentence with the measurement behind it:
 #
-# 1. Decoupled weight decay at the paper's cumulative strength is what turns the cross-layer ΔM–ΔD correlation
-#    negative where decay shrinks the parameter that carries the row norms: FT's query and value matrices and DoRA's
-#    value matrices are positive without decay and negative with it in the short regime, and LoRA, whose decay never
-#    reaches `W0`, stays positive (within-checkpoint Pearson with layer-bootstrap intervals, exact permutation p and
-#    leave-one-layer-out, section 3; the dose–response, section 5).
-# 2. For FT it is the norms, not depth: rescaling the layers so that their row norms run in reverse order, with the
-#    network's outputs unchanged to fp32 rounding, moved ΔM's and ΔD's per-layer ranks with the norms and kept both
-#    slopes negative; DoRA's value slope did the same, while DoRA's query slope turned positive with the swap, as its
-#    dependence on layer 5 alone predicted (section 4; section 3's leave-one-out).
-# 3. The paper's own account (§4.2), which contains no decay, predicts FT and DoRA negative in every condition; the
-#    settled positive slopes without decay contradict it, while the decay account's sign matches every settled row
-#    of section 6's table (the count is printed there).
+# 1. Decoupled weight decay at the paper's cumulative strength ties each layer's magnitude change to its row norm:
+#    ΔM's ranks across layers are the norms' ranks (Spearman +1.00) in every decayed FT and DoRA panel, before and
+#    after a rescale that reverses which layers hold the large norms without changing the network's outputs, and
+#    nowhere near that without decay (section 4).
+# 2. Because a gradient step of Adam's size turns small rows more, FT's ΔD falls with the norm with or without
+#    decay, so with decay FT's cross-layer slope is negative whichever layers hold the large norms and at every dose
+#    from ½ to 2 times the estimate, query and value (within-checkpoint Pearson with layer-bootstrap intervals that
+#    exclude zero and exact permutation p below 0.05, sections 4 and 5), while LoRA, whose decay never reaches `W0`,
+#    stays positive at either α.
+# 3. DoRA's negative slope is weaker evidence: its query slope rests on layer 5 alone (leave-one-out, section 3) and
+#    turned positive under the swap, and its value slope is settled at some doses and not others; the paper's own
+#    account (§4.2), which has no decay in it, predicts the wrong sign for every settled FT and DoRA run without
+#    decay, while the decay account predicts every settled run's sign (section 6's table and tallies).
 #
 # **Sentences of earlier versions that changed:**
 #
-# * "the paper's adapter settings: r = α = 128" → LoRA's baseline used α = 32 (section 2); DoRA's α = 128 stands;
-#   "batch 500 for the adapters" → DoRA used 300 in all, so its `λ·Σlr` is about 0.4–0.75, not 0.3.
-# * "The paper's pooled Pearson values" → the paper names neither its statistic nor its pooling.
-# * "With the paper's decay, FT and DoRA turn negative across layers in the short regime" → FT's query and value and
-#   DoRA's value settle negative; DoRA's query is negative only with layer 5 in (leave-one-out) and is not settled.
-# * "At the `late` placement … the short regime has the paper's three signs in both runs" → true of the point
-#   estimates; only FT's and LoRA's intervals exclude zero, and the `late` checkpoints are near-copies (section 8), so
-#   this is one cross-layer correlation, not evidence about placement in general. Only two placements were tried.
-# * "What does not produce it: a larger regime alone … size alone does not produce the paper's pattern" → the long
-#   regime changed steps and learning rate together and reached FT ΔD of about 2e-3, 7–10× below the paper's axis:
-#   regime size was not tested one factor at a time (below).
-# * "Decay is 99 % (short) and 92 % (long) of … FT's ΔM" → a share measured at a per-step decay far stronger than the
-#   paper's (section 2's `decay/Adam`), so it describes these runs only.
-# * "Decay's effect depends only on λ·Σlr" → true of the shrink factor `c`, not shown for ΔM and ΔD (compression,
-#   section 5).
-# * The value matrices were left out of the conclusions; they are now beside the query matrices everywhere, and are
-#   the stronger evidence.
+# * "for LoRA and DoRA the paper's adapter settings: r = α = 128" → DoRA's α = 128 stands; the LoRA baseline the
+#   paper quotes used α = 32 (section 2; LoRA at α = 32 stays positive).
+# * "20 epochs at batch 500 … ten times that for the adapters" → DoRA's script uses batch 300 in all, so DoRA's
+#   `λ·Σlr` is about 0.4–0.75, not 0.3 (the `x2` condition is inside that range).
+# * "The paper's pooled Pearson values are in the last column" → the paper names neither its statistic nor its
+#   pooling.
+# * "What produces the paper's pattern here: weight decay at the paper's cumulative strength, read at late
+#   checkpoints, in the short regime" → decay produces the negative slope across layers (the within-checkpoint
+#   statistic); the `late` pooled value is close to the last checkpoint's cross-layer correlation (section 8), so
+#   "late" adds no separate evidence.
+# * "With the paper's decay, FT and DoRA turn negative across layers in the short regime" → FT's query and value do,
+#   settled; DoRA's query is negative only with layer 5 in and is not settled at any dose; DoRA's value is settled at
+#   ½× and after the swap, not at 1× (p 0.07) or 2×.
+# * "At the `late` placement, … the short regime has the paper's three signs in both runs" → true of the point
+#   estimates, but only FT's and LoRA's intervals exclude zero, and only two placements were tried.
+# * "Decay is 99 % (short regime) and 92 % (long) of … FT's ΔM" → these shares come from a per-step decay far stronger
+#   than the paper's (section 2's `decay/Adam`) and describe these runs only.
+# * "Decay's effect depends only on λ·Σlr" → true of the shrink factor `c`; for ΔM and ΔD see the compression test
+#   (section 5).
+# * "What does not produce it: a larger regime alone … size alone does not produce the paper's pattern" → dropped:
+#   the long regime changed steps and learning rate together and stayed 7–10× below the paper's FT ΔD axis.
+# * "For LoRA … decay never reaches `W0`, so LoRA stayed positive" → still true, now also at α = 32.
+# * The value matrices were left out of the conclusions; they now stand beside the query matrices everywhere and
+#   are the clearer evidence (their norms differ more across layers).
+# * Tallies of signs of point estimates whose intervals span zero ("3 of 4 negative") → only settled rows are
+#   counted (section 6).
 #
-# **Not yet measured** (they did not fit this study's CPU budget; each is a condition or a change away):
+# **Not yet measured** (they did not fit this study's CPU budget; each is one condition or one change away):
 #
-# * compression: the same `λ·Σlr` over 4× the steps (`short4x_wd_paper`, defined in `figure2.PENDING_CONDITIONS`);
 # * regime size one factor at a time: FT's ΔD pushed towards the paper's axis by steps alone and by learning rate
 #   alone, with accuracy beside it;
 # * the paper's AdamW ε = 1e-6 and clipping at 5, and DoRA training biases and layer norms as its script does;
-# * a quarter of the decay estimate (`short_wd_paper_x0.25`), and LoRA at α = 32 without decay (`short_wd0_alpha32`)
-#   where the table of section 2 does not list it;
+# * a quarter of the decay estimate (`short_wd_paper_x0.25`, exercise 2 runs DoRA's);
+# * compression for whichever method section 5 lists as not measured;
 # * more than one seed: the replicate of section 9 differs only in dropout's random numbers and rounding.
 #
 # Limits: six layers per panel, one small model (all-MiniLM-L6-v2 in the DistilBERT layout), one task, one seed. The
@@ -658,7 +736,8 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 # * A function-preserving rescale is a causal test for a mechanism that runs through the norms: it moves the norms
 #   and nothing the network computes.
 # * A correlation over six layers needs its effective sample said out loud, an exact permutation p, and
-#   leave-one-layer-out: here one layer carried a sign that an interval alone did not flag.
+#   leave-one-layer-out: here one layer carried a sign, and a re-run that changed only dropout's random numbers
+#   flipped some unsettled signs (section 9).
 # * A pooled correlation over checkpoints mixes time with layers: read it with the within-checkpoint correlation.
 # * Check a paper's settings in its code before reproducing them: two of this study's stated settings were not the
 #   code's.
