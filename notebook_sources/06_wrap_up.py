@@ -129,9 +129,6 @@ for method, quoted in PAPER_CORRELATIONS.items():
     print(f"{method:>5}: {r:+.2f} here, {quoted:+.2f} in the paper; same sign: {np.sign(r) == np.sign(quoted)}")
 
 # %% [markdown]
-# > **Being redone (issue 24).** The study of notebook 05 is being re-run; the table below reads whatever its files
-# > in `figures/` hold, and the prose of this section will be written from the new results.
-#
 # Notebook 05's study, query matrices: the correlation across layers with the time trend removed ("within
 # checkpoints") with its 95 % interval, for each run, next to the factor `c` by which weight decay shrank the
 # parameter that carries the row norms (1 where decay does not reach it: no decay, LoRA's frozen `W0`, or DoRA's
@@ -156,6 +153,17 @@ if not_read:
           + ", ".join(not_read))
 
 # %% [markdown]
+# What the study found (notebook 05's last section names the measurement behind each sentence). With weight decay at
+# our estimate of the paper's cumulative strength, full fine-tuning's slope across layers is negative in both the
+# query and the value matrices, and it stays negative when a rescaling that leaves the network's outputs unchanged
+# moves the large row norms to other layers: decay ties each layer's ΔM to its row norm, and FT's ΔD falls with the
+# norm. LoRA's slope stays positive (decay never reaches its frozen `W0`). DoRA's evidence is weaker: its query slope
+# rests on a single layer and turns positive under the rescaling, and its value slope excludes zero in some
+# conditions only. The paper's own account (its §4.2) predicts fewer of the settled signs than the decay account.
+# All of this is six layers of one small model, one seed per run, with the paper's decay compressed into a few hundred
+# steps: a mechanism that produces the paper's signs here, not proof that it produced them in the paper's runs.
+
+# %% [markdown]
 # ## What the course showed
 #
 # * **01 — LoRA from scratch.** A fine-tuning update is concentrated in few directions, which is the bet LoRA
@@ -171,8 +179,9 @@ if not_read:
 # * **04 — Magnitude versus direction.** The paper's ΔM/ΔD analysis, written out and run: the signs printed above
 #   say where this course's runs agree with the paper's figure and where they do not. A pooled correlation mixes the
 #   time trend with the differences between layers.
-# * **05 — Why the slope turns negative.** A study that changes one factor at a time, weight decay first, and reads
-#   the slope across layers with intervals (the last table above).
+# * **05 — Why the slope turns negative.** A study that changes one factor at a time (weight decay, its dose, where the
+#   large row norms sit, LoRA's α), reads the slope across layers with intervals and exact permutation tests, and
+#   tests the paper's own explanation beside decay's (the last table above and the paragraph under it).
 #
 # Beside the path, the practitioner notebooks: [A1](in_practice/A1_speed_and_precision.ipynb) (speed and mixed
 # precision), [A2](in_practice/A2_saving_and_sharing.ipynb) (saving adapters, sharing them with PEFT, crash-safe
@@ -209,8 +218,9 @@ if not_read:
 #   faster fine-tuning. PEFT: `peft.optimizers.create_loraplus_optimizer`.
 # * **Which factor to zero** — Hayou, Ghosh and Yu, 2024, "The Impact of Initialization on LoRA Finetuning
 #   Dynamics", [arXiv:2406.08447](https://arxiv.org/abs/2406.08447). Zeroing `B` (with `A` random, PEFT's default)
-#   and zeroing `A` both start at the pretrained model but train differently: zeroing `B` allows larger learning
-#   rates and performs better on average (notebook 01's second exercise shows which factor moves first).
+#   and zeroing `A` both start at the pretrained model but train differently: zeroing `B` performs better on
+#   average, and "the reason behind this might be that the first initialization allows the use of larger learning
+#   rates" (its abstract) (notebook 01's second exercise shows which factor moves first).
 # * **QLoRA** — Dettmers et al., 2023, "QLoRA: Efficient Finetuning of Quantized LLMs",
 #   [arXiv:2305.14314](https://arxiv.org/abs/2305.14314). Backpropagates through a frozen base model quantised to
 #   4 bits (the NF4 data type, double quantisation, paged optimisers) into LoRA adapters: a 65B-parameter model
