@@ -46,7 +46,7 @@ $(SITE_STAMP): requirements-site.txt $(STAMP)
 map: $(STAMP)
 	$(BIN)/python tools/course_map.py --write
 
-# The Figure-2 study (notebook 05): 13 training runs, about 65 minutes of training on one core; resumes after Ctrl-C.
+# The Figure-2 study (notebook 05): 24 training runs, about 126 minutes of training on one core (fp32, 86-160 GFLOP/s per thread); resumes after Ctrl-C.
 # It trains in fp32 whatever LOWRANK_PRECISION says (lowrank.figure2.STUDY_AUTOCAST): its committed results are fp32.
 study: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m lowrank.figure2 --out figures/
