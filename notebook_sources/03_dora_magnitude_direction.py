@@ -112,10 +112,10 @@ plt.show()
 # 1. it uses `nn` and `F` without importing them (the article imports only `torch`), so it cannot run as printed;
 # 2. it wraps `linear.bias` in `nn.Parameter`, which breaks on a layer without a bias;
 # 3. its magnitude `m` is `[1, in]`: one entry per *input* feature, and it broadcasts silently on any shape;
-# 4. the article sets `lora_dropout = 0.05`, but `DoRALayer` takes no dropout argument: no layer ever drops out;
-# 5. its example `forward` (in the LoRA part of the article) returns `logits`, a name it never defines.
+# 4. the article sets `lora_dropout = 0.05`, but `DoRALayer` takes no dropout argument: no layer ever drops out.
 #
-# A sixth mistake is not an error at all: it differentiates through `column_norm` (no detach), which costs the
+# (Its example `forward`, which returns a name it never defines, was run in notebook 01 §6 with the LoRA part.)
+# A fifth mistake is not an error at all: it differentiates through `column_norm` (no detach), which costs the
 # memory that section 3 measures.
 
 # %%
@@ -162,21 +162,6 @@ print(f"3. on ffn.lin1 {tuple(lin1.weight.shape)}: m has shape {tuple(seed_lin1.
       f"({lin1.out_features},)); it runs without an error: output {tuple(seed_lin1(torch.randn(2, 384)).shape)}")
 print("4. DoRALayer's arguments:", list(inspect.signature(SeedDoRALayer.__init__).parameters)[1:],
       "- none for dropout")
-
-
-def seed_forward(self, x):  # the article's example forward of a model with LoRA layers, as printed
-    x = self.linear_1(x) + self.lora_1(x)
-    x = F.relu(x)
-    x = self.linear_2(x) + self.lora_2(x)
-    return logits  # noqa: F821 - as in the article
-
-
-toy = nn.Module()
-toy.linear_1, toy.lora_1, toy.linear_2, toy.lora_2 = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2), nn.Linear(4, 2)
-try:
-    seed_forward(toy, torch.randn(1, 4))
-except NameError as error:
-    print("5. its example forward:", type(error).__name__, "-", error)
 
 
 # %% [markdown]
