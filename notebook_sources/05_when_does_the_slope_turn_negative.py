@@ -50,10 +50,13 @@ print(f"study: {len(runs)} runs, {len(points):,} points, "
       f"conditions {list(dict.fromkeys(r['condition'] for r in points))}")
 
 # %% [markdown]
-# The paper's Figure 2 (VL-BART query matrices) reports FT −0.62, LoRA +0.83, DoRA −0.31. It does not say which
-# statistic these are, nor how its four checkpoints enter them; this notebook reads them as one correlation over all
-# 24 points ("pooled") and reports the others beside it. The paper builds DoRA's design on the figure, and no code for
-# it has been published (NVlabs/DoRA issue #15 asks for it).
+# The paper's Figure 2 (VL-BART query matrices) comes with three numbers (§4.1): "We additionally compute the
+# correlation between ∆D and ∆M for FT, LoRA, and DoRA, and we found that both FT and DoRA exhibit negative
+# correlation values of -0.62 and -0.31, respectively. In contrast, LoRA shows a positive correlation with a value of
+# 0.83." It does not say which correlation these are (Pearson or rank), nor how its four checkpoints enter them;
+# this notebook reads them as one correlation over all 24 points ("pooled") and reports the others beside it. The
+# paper builds DoRA's design on the figure, and no code for it has been published (NVlabs/DoRA issue #15 asks for
+# it).
 #
 # The study is made once by a command (Ctrl-C keeps the finished runs and the same command resumes; the per-run
 # times are in `figures/05_ablation_runs.json`):
@@ -142,8 +145,8 @@ print(f"1 - cos:     measured {row.dd_measured:.3e}; first order {row.dd_first_o
 #
 # FT's and LoRA's values assume one process; with several, each taking 500, the step count and `λ·Σlr` fall in
 # proportion. The runs set λ so that their own `λ·Σlr` equals these values over a few hundred steps, which takes a λ
-# 30 to 500 times the paper's 0.01 (table below). Only the *cumulative* shrink `c` then matches the paper: each
-# step's decay moves a coordinate by `lr·λ·|w|` against Adam's step of about `lr`, a ratio `λ·|w|` (column
+# tens to hundreds of times the paper's 0.01 (the `λ` column of the table below). Only the *cumulative* shrink `c`
+# then matches the paper: each step's decay moves a coordinate by `lr·λ·|w|` against Adam's step of about `lr`, a ratio `λ·|w|` (column
 # `decay/Adam`, with `|w|` the layer-mean RMS weight) that is far larger here than at λ = 0.01.
 #
 # **The conditions**, one factor at a time:
@@ -175,9 +178,9 @@ for key, run in runs.items():
 print(f"training time of all {len(runs)} runs, one core each: {sum(run['seconds'] for run in runs.values()) / 60:.0f} min")
 
 # %% [markdown]
-# The runs were made in two sittings, on a machine shared with other work, so `s/step` varies: the first 13
-# (`short_wd0` to `long_wd_paper_m_exempt`) at about 160 GFLOP/s per thread (fp32 `torch.mm` 2048³), the rest at
-# about 86 GFLOP/s with other processes on the same cores ([runtimes](../docs/runtimes.md)).
+# The runs were made in two sittings, on a machine shared with other work, so `s/step` varies: the first 13 rows
+# (`short_wd0` to `long_wd_paper_m_exempt`) in one, the rest in another with other processes on the same cores; the
+# matrix-multiply rate of each sitting is in [docs/runtimes.md](../docs/runtimes.md).
 #
 # `max|Δlogit|` is the largest change of the classifier's output, on 64 test sentences before training, between the
 # pretrained model and the run's starting model (with its adapters added, and rescaled under a swap): the check that
@@ -259,9 +262,9 @@ assert abs(check.value - stored.value) < 1e-9 and abs(check.p_paper_sign - store
 # %% [markdown]
 # ## 4. The causal test: move the large norms, keep the function
 #
-# In this backbone the query rows' norms fall from layer 0 to layer 5, and ΔD rises the same way, even without
-# decay. So six layers cannot tell "ΔD goes as 1/‖w‖² and decay takes ΔM in proportion to ‖w‖" (section 1) from "the
-# last layers simply learn most". The two come apart if the large norms sit elsewhere while the network computes the
+# In this backbone the query rows' norms fall from layer 0 to layer 5, and FT's ΔD rises the same way, even without
+# decay (the first table below shows both). So six layers cannot tell "ΔD goes as 1/‖w‖² and decay takes ΔM in
+# proportion to ‖w‖" (section 1) from "the last layers simply learn most". The two come apart if the large norms sit elsewhere while the network computes the
 # same function. Attention allows exactly that. In each layer `l`:
 #
 # * multiply `W_q, b_q` by `s_l` and `W_k, b_k` by `1/s_l`: every logit `q·k` is unchanged;
@@ -313,8 +316,9 @@ show_robust(robust, conditions=[c for pair in SWAPS for c in pair], methods=("FT
 # **What the swap did** (the tables above):
 #
 # * **ΔM follows the norms exactly under decay, and only under decay.** In every decayed FT and DoRA panel, before
-#   and after the swap, ρ(norm, ΔM) is +1.00: the largest ΔM moved from layer 0 to layer 5 with the norms. Without
-#   decay it is nowhere near: decay is what ties the magnitude change to the norm.
+#   and after the swap, ρ(norm, ΔM) is +1.00: in the query matrices the largest ΔM moved from layer 0 to layer 5 with
+#   the norms. Without decay it is nowhere near (between −0.77 and +0.43 in the four `short_wd0` panels): decay is
+#   what ties the magnitude change to the norm.
 # * **FT's ΔD follows the norms too, with or without decay**: in the query matrices ΔD was largest in layer 5 before
 #   the swap and is largest in layer 0 after it; ρ(norm, ΔD) stays strongly negative while ρ(depth, ΔD) changes sign.
 #   That is section 1's "a step of Adam's size turns a small row more", not depth. With decay, FT's slopes stay
@@ -324,10 +328,12 @@ show_robust(robust, conditions=[c for pair in SWAPS for c in pair], methods=("FT
 # * **DoRA, query**: ΔM moved with the norms, but ΔD stayed largest in layer 5, where the large norms now are, and
 #   the slope turned positive (its interval spans zero). DoRA's negative query slope before the swap rested on
 #   layer 5 holding both the smallest norm and the largest ΔD (section 3: it flips without layer 5); the swap
-#   separated the two, and depth won for ΔD.
+#   separated the two, and layer 5 kept the largest ΔD. Over the other layers neither order explains DoRA's query
+#   ΔD well after the swap (ρ(norm, ΔD) +0.20, ρ(depth, ΔD) +0.26): six layers cannot name the cause here.
 # * **Without decay** (the control, `short_wd0_swap`) the signs are not stable under the swap: FT's query slope goes
-#   from positive to negative and DoRA's value slope from positive to negative, neither settled, because ΔM no longer
-#   follows the norms and ΔD still does. Decay is what makes the sign independent of where the norms sit.
+#   from positive to negative and DoRA's value slope from positive to negative, neither settled, while FT's value
+#   slope stays positive: ΔM no longer follows the norms, and FT's ΔD still does. For FT, decay is what makes the
+#   sign independent of where the norms sit; for DoRA's query matrices it is not (the bullet above).
 # %% [markdown]
 # ## 5. Dose–response: the correlation against the cumulative decay
 #
@@ -361,9 +367,11 @@ plt.show()
 # %% [markdown]
 # **What the dose does.** The sign switches between no decay and half the estimate and then stays: for FT the
 # correlations at ½, 1 and 2 times the estimate are all strongly negative with intervals that exclude zero, and they do
-# not grow more negative with the dose. This is a threshold, not a graded response: once decay's part of ΔM outweighs
-# the gradient's, the ranks of ΔM are the ranks of the norms, and more decay only scales them. DoRA's query slope is
-# negative at every dose but never settled; its value slope is settled at ½× and not at 2× (the batch-300 estimate).
+# not grow more negative with the dose. So the response has saturated by ½× (the study has no dose between 0 and ½;
+# exercise 2 adds ¼× for DoRA), which fits section 1: once decay's part of ΔM outweighs the gradient's, the ranks of
+# ΔM are the ranks of the norms, and more decay only scales them. DoRA's query slope is negative at every non-zero
+# dose but never settled. Its value slope is settled at ½× only, and it *weakens* as the dose grows from ½× (the `DoRA
+# value` line above): at 2×, the batch-300 estimate, its interval spans zero. Four doses on six layers do not show why.
 
 # %% [markdown]
 # **Compression.** Packing `λ·Σlr` into 250 steps makes each step's decay far stronger than the paper's (section 2),
@@ -403,8 +411,9 @@ for method in compressed:
 # %% [markdown]
 # For DoRA, spreading the same `λ·Σlr` over 4× the steps left ΔM where `c` puts it, lowered decay's share of ΔM, and
 # moved the weights' directions further (4× the steps at the same learning rate is also 4× the gradient's `Σlr`, so
-# this test cannot hold the amount of training fixed). The slopes kept their sign: the value slope is settled
-# negative, the query slope negative and not settled, as at 250 steps. FT's compression run is not yet measured.
+# this test cannot hold the amount of training fixed). The slopes kept their sign. The value slope, negative but not
+# settled at 250 steps (p 0.072), is settled at 1,000 (p 0.008); the query slope is negative and not settled at
+# both. FT's compression run is not yet measured.
 
 # %% [markdown]
 # ## 6. The paper's own account, tested on the same runs
@@ -425,8 +434,10 @@ for method in compressed:
 #
 # **What it predicts.** Among updates of equal size, the one that changes direction less changes magnitude more:
 # a negative relation between ΔM and ΔD. The argument is stated for DoRA; its geometry (one step split between
-# along the row and across it) holds for any weight update, so it gives FT the same sign, which is how the paper
-# reads FT's panel. LoRA is outside it; the paper reads LoRA's positive slope as magnitude and direction changing
+# along the row and across it) holds for any weight update, so it gives FT the same sign. (The paper's own reason
+# for FT's negative slope is another one, in §4.1: "pre-trained weights already possess substantial knowledge
+# suitable for various downstream tasks"; §4.2 ends by saying DoRA's pattern aligns "more closely with the pattern of
+# FT".) LoRA is outside it; the paper reads LoRA's positive slope as magnitude and direction changing
 # "proportionally". Nothing in it depends on weight decay, on which layers hold the large norms, or on the dose:
 # it predicts FT and DoRA negative, LoRA positive, **in every condition**. Its one assumption, equal update sizes,
 # does not hold across layers in general: layers are not updated by equal amounts.
@@ -490,12 +501,17 @@ for name, (right, total) in tally.items():
 # %% [markdown]
 # **Reading the table.** Where the two accounts disagree, the settled runs side with decay: §4.2's misses are the
 # settled FT and DoRA runs without decay, which are positive. They agree on every settled decayed FT run and on
-# LoRA (for LoRA, §4.2 predicts nothing of its own: its positive sign is the paper's reading of Figure 2). The second
-# test points the same way: the size of the gradient's part of ΔM mostly *rises* with ΔD across layers (a positive
-# `r(ΔD, |gradient part|)`, against §4.2's trade-off), while the size of decay's part falls with ΔD wherever decay
-# acts, the two exceptions being FT in the long regime and DoRA after the swap, whose slopes are not settled. None of
-# this says eq. 9 is wrong for a single row at equal update size; it says the across-layer slope of Figure 2 is not
-# made by it in these runs.
+# LoRA (for LoRA, §4.2 predicts nothing of its own: its positive sign is the paper's reading of Figure 2). No decayed
+# DoRA query row is settled, so the tallies say nothing either way about DoRA's negative query slope; they rest on
+# FT, on LoRA, and on DoRA without decay.
+#
+# The second test, point estimates over six layers without intervals: the size of the gradient's part of ΔM rises
+# with ΔD across layers in most runs (a positive `r(ΔD, |gradient part|)`, against §4.2's trade-off). The exceptions
+# are three decayed DoRA runs in the short regime (`short_wd_paper`, its swap, `x2`), where it is near zero or
+# slightly negative, §4.2's direction. The size of decay's part falls with ΔD wherever decay acts, except FT in the
+# long regime and DoRA after the swap, whose slopes are not settled; where decay is nearly all of ΔM, that column
+# is nearly the slope itself, so it adds little. None of this says eq. 9 is wrong for a single row at equal update
+# size; it says the across-layer slope of Figure 2 is not made by it in the settled runs here.
 
 # %% [markdown]
 # ## 7. Every statistic, and the mechanism, condition by condition
@@ -503,7 +519,8 @@ for name, (right, total) in tally.items():
 # Query matrices (the paper's panel), four evenly spaced checkpoints (`even`), every statistic with its
 # layer-bootstrap interval: pooled (all 24 points), within checkpoints, per layer (each layer over time), Pearson and
 # Spearman. The paper's Figure 2 values are in the last column, beside the pooled row: the paper names neither its
-# statistic nor its pooling, and sections 8 and 9 show that both can change the sign here.
+# statistic nor its pooling, and this table (pooled against within checkpoints) and section 8 (`even` against
+# `late`) show that both can change the sign here.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -529,7 +546,9 @@ with open(figure_path("05_ablation_correlations.csv"), "w", newline="") as handl
 # %% [markdown]
 # The figure, drawn as the paper draws it (x = ΔD, y = ΔM, a colour per layer, a marker per checkpoint), for the
 # query matrices of the short regime without and with the paper's decay and of the long regime with it, at the `late`
-# placement (section 8 shows why the placement matters), and after the swap of section 4:
+# placement (section 8 shows why the placement matters), and after the swap of section 4. Each panel's `r` is the
+# pooled Pearson over its 24 points (section 8's `late` column, where its interval is); the legend's step numbers are
+# the short regime's (the long regime's `late` checkpoints sit at the end of its 600 steps):
 
 # %%
 shown = [c for c in ("short_wd0", "short_wd_paper", "long_wd_paper", "short_wd_paper_swap")
@@ -644,7 +663,8 @@ for (condition, method) in dict.fromkeys((r["condition"], r["method"]) for r in 
 # `lowrank.train` ran each batch in length groups with a fused AdamW (notebook 02), and before the LoRA and DoRA
 # layers' forward was rearranged (the same maths in another order), so dropout drew other random numbers and the
 # arithmetic rounded differently. That is a re-run, not a new seed; two runs cannot give a spread,
-# but they show which signs move. Three of the most-read statistics, query matrices, this run beside the replicate:
+# but they show which signs move. Three of the most-read statistics, query matrices, this run beside the replicate
+# (the 13 conditions and methods of section 2's first 13 rows):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -673,24 +693,33 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
         print(f"{statistic + ', ' + placement:<30}{condition:<24}{method:<7}{text[0]:>22}{text[1]:>22}  {same}")
 
 # %% [markdown]
+# **What the re-run moved.** Every sign marked `DIFFERS` belongs to a statistic whose interval spans zero in both
+# runs; no settled sign flipped. DoRA's point estimates move most between the two runs, and so do their intervals
+# (for `short_wd_paper` DoRA, within checkpoints, the replicate's interval excludes zero and this run's does not):
+# a DoRA correlation can move a long way between two runs that differ only in dropout's draws and rounding
+# (`long_wd0` DoRA, within checkpoints: +0.88 here, +0.06 in the replicate).
+
+# %% [markdown]
 # ## 10. What the evidence supports
 #
 # **The finding**, each sentence with the measurement behind it:
 #
 # 1. Decoupled weight decay at the paper's cumulative strength ties each layer's magnitude change to its row norm:
-#    ΔM's ranks across layers are the norms' ranks (Spearman +1.00) in every decayed FT and DoRA panel, before and
-#    after a rescale that reverses which layers hold the large norms without changing the network's outputs, and
-#    nowhere near that without decay (section 4).
-# 2. Because a gradient step of Adam's size turns small rows more, FT's ΔD falls with the norm with or without
-#    decay, so with decay FT's cross-layer slope is negative whichever layers hold the large norms and at every dose
-#    from ½ to 2 times the estimate, query and value (within-checkpoint Pearson with layer-bootstrap intervals that
-#    exclude zero and exact permutation p below 0.05, sections 4 and 5), while LoRA, whose decay never reaches `W0`,
-#    stays positive at either α.
-# 3. DoRA's negative slope is weaker evidence: its query slope rests on layer 5 alone (leave-one-out, section 3) and
-#    turned positive under the swap, and its value slope is settled at ½×, after the swap and over 4× the steps but
-#    not at 1× or 2× (sections 3–5); the paper's own
-#    account (§4.2), which has no decay in it, predicts the wrong sign for every settled FT and DoRA run without
-#    decay, while the decay account predicts every settled run's sign (section 6's table and tallies).
+#    ΔM's ranks across layers are the norms' ranks (Spearman +1.00 in every decayed FT and DoRA panel except
+#    long-regime FT's query, +0.94; section 7), before and after a rescale that reverses which layers hold the large
+#    norms without changing the network's outputs, and nowhere near that without decay (section 4).
+# 2. In the short regime, where a gradient step of Adam's size turns small rows more and FT's ΔD falls with the norm
+#    with or without decay, FT's cross-layer slope with decay is negative whichever layers hold the large norms and
+#    at every dose from ½ to 2 times the estimate, query and value (within-checkpoint Pearson with layer-bootstrap
+#    intervals that exclude zero and exact permutation p below 0.05, sections 4 and 5), while LoRA, whose decay never
+#    reaches `W0`, stays positive at either α; in the long regime FT's value slope is negative and settled but its
+#    query slope is not negative (section 3's table).
+# 3. DoRA's negative slope is weaker evidence: at the 1× estimate its query slope flips without layer 5, short and
+#    long (section 3), it turned positive under the swap, and it is settled at no dose; its value slope is settled at
+#    ½×, at 1× in the long regime, after the swap and over 4× the steps, but not at 1× or 2× in the short regime
+#    (sections 3–5); the paper's own account (§4.2), which has no decay in it, predicts the wrong sign for every
+#    settled FT and DoRA query row without decay, while the decay account predicts every settled query row's sign,
+#    among which no decayed DoRA row (section 6's table and tallies).
 #
 # **Sentences of earlier versions that changed:**
 #
@@ -705,8 +734,8 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 #   statistic); the `late` pooled value is close to the last checkpoint's cross-layer correlation (section 8), so
 #   "late" adds no separate evidence.
 # * "With the paper's decay, FT and DoRA turn negative across layers in the short regime" → FT's query and value do,
-#   settled; DoRA's query is negative only with layer 5 in and is not settled at any dose; DoRA's value is settled at
-#   ½× and after the swap, not at 1× (p 0.07) or 2×.
+#   settled; DoRA's query at 1× is negative only with layer 5 in and is not settled at any dose; DoRA's value in the
+#   short regime is settled at ½× and after the swap, not at 1× (p 0.072) or 2×.
 # * "At the `late` placement, … the short regime has the paper's three signs in both runs" → true of the point
 #   estimates, but only FT's and LoRA's intervals exclude zero, and only two placements were tried.
 # * "Decay is 99 % (short regime) and 92 % (long) of … FT's ΔM" → these shares come from a per-step decay far stronger
@@ -714,7 +743,7 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 # * "Decay's effect depends only on λ·Σlr" → true of the shrink factor `c`, not of ΔD or of decay's share of ΔM;
 #   DoRA's slopes kept their sign with the decay spread over 4× the steps (section 5); FT's was not tested.
 # * "What does not produce it: a larger regime alone … size alone does not produce the paper's pattern" → dropped:
-#   the long regime changed steps and learning rate together and stayed 7–10× below the paper's FT ΔD axis.
+#   the long regime changed steps and learning rate together, so it cannot say what size alone does.
 # * "For LoRA … decay never reaches `W0`, so LoRA stayed positive" → still true, now also at α = 32.
 # * The value matrices were left out of the conclusions; they now stand beside the query matrices everywhere and
 #   are the clearer evidence (their norms differ more across layers).
@@ -739,12 +768,13 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 # * To first order, weight decay changes a row's **magnitude** in proportion to its norm and never its **direction**,
 #   while a gradient step of Adam's size turns a small row more than a large one.
 # * Where the decayed parameter carries the row norm (FT's weights, DoRA's magnitude), decay at the paper's
-#   cumulative strength gave negative slopes across layers; LoRA's decay cannot reach `W0`, so LoRA stayed positive.
+#   cumulative strength gave negative slopes across layers in the short regime (settled for FT; for DoRA's query
+#   matrices not); LoRA's decay cannot reach `W0`, so LoRA stayed positive.
 # * A function-preserving rescale is a causal test for a mechanism that runs through the norms: it moves the norms
 #   and nothing the network computes.
 # * A correlation over six layers needs its effective sample said out loud, an exact permutation p, and
-#   leave-one-layer-out: here one layer carried a sign, and a re-run that changed only dropout's random numbers
-#   flipped some unsettled signs (section 9).
+#   leave-one-layer-out: here one layer carried a sign, and a re-run that changed only dropout's random numbers and
+#   the rounding flipped some unsettled signs (section 9).
 # * A pooled correlation over checkpoints mixes time with layers: read it with the within-checkpoint correlation.
 # * Check a paper's settings in its code before reproducing them: two of this study's stated settings were not the
 #   code's.

@@ -110,3 +110,10 @@ for dose, condition in doses.items():
     for r in (mine if condition == quarter.name else robust):
         if (r.condition, r.method, r.statistic) == (condition, "DoRA", "within checkpoints"):
             print(f"{dose:>4}× ({condition:<22}) {r.matrices:<6}{r.value:+.2f} [{r.low:+.2f}, {r.high:+.2f}]  p {r.p_paper_sign:.3f}")
+
+# %% [markdown]
+# **Reading it against the prediction.** In the committed full-profile run the ¼× lines do *not* lie between the
+# no-decay and the ½× points: both are at least as negative as at ½×, and the value slope is settled (its interval
+# excludes zero, p below 0.05). So the prediction of a graded response was wrong: for DoRA, as for FT in section 5,
+# the sign has already switched at a quarter of the estimate. The query slope's interval still spans zero, as at
+# every other dose. In the quick profile the 12-step run's correlations mean nothing (see the prediction above).
