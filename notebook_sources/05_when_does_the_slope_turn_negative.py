@@ -179,8 +179,8 @@ print(f"training time of all {len(runs)} runs, one core each: {sum(run['seconds'
 
 # %% [markdown]
 # The runs were made in two sittings, on a machine shared with other work, so `s/step` varies: the first 13 rows
-# (`short_wd0` to `long_wd_paper_m_exempt`) in one, the rest in another with other processes on the same cores; the
-# matrix-multiply rate of each sitting is in [docs/runtimes.md](../docs/runtimes.md).
+# (`short_wd0` to `long_wd_paper_m_exempt`) in one, the rest in a slower one with other processes on the same cores
+# (how times scale with the machine: [docs/runtimes.md](../docs/runtimes.md)).
 #
 # `max|Δlogit|` is the largest change of the classifier's output, on 64 test sentences before training, between the
 # pretrained model and the run's starting model (with its adapters added, and rescaled under a swap): the check that
