@@ -529,16 +529,18 @@ def plot_study(rows: Sequence[Mapping], conditions: Sequence[str], module_suffix
     from lowrank.magnitude_direction import plot_points
 
     fig, axes = plt.subplots(len(conditions), len(METHODS), figsize=(13, 3.6 * len(conditions)), squeeze=False)
-    handles = []
     for row_axes, condition in zip(axes, conditions):
+        handles = []  # per row: regimes differ in their checkpoint steps
         for ax, method in zip(row_axes, METHODS):
             points = study_points(rows, condition, method, module_suffix, placement)
             if points:
                 _, handles = plot_points(points, ax=ax, title=f"{condition}: {method}")
             else:
                 ax.set_axis_off()
-    fig.legend(handles=handles, loc="center right", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 0.9, 1))
+        if handles:
+            row_axes[-1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7)
+    fig.suptitle(f"{module_suffix}, {placement} checkpoints; r = Pearson over all of a panel's points (pooled)")
+    fig.tight_layout(rect=(0, 0, 0.9, 0.98))
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig

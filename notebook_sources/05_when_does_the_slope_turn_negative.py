@@ -547,8 +547,8 @@ with open(figure_path("05_ablation_correlations.csv"), "w", newline="") as handl
 # The figure, drawn as the paper draws it (x = ΔD, y = ΔM, a colour per layer, a marker per checkpoint), for the
 # query matrices of the short regime without and with the paper's decay and of the long regime with it, at the `late`
 # placement (section 8 shows why the placement matters), and after the swap of section 4. Each panel's `r` is the
-# pooled Pearson over its 24 points (section 8's `late` column, where its interval is); the legend's step numbers are
-# the short regime's (the long regime's `late` checkpoints sit at the end of its 600 steps):
+# pooled Pearson over its 24 points (section 8's `late` column, where its interval is); each row's legend gives that
+# regime's checkpoint steps:
 
 # %%
 shown = [c for c in ("short_wd0", "short_wd_paper", "long_wd_paper", "short_wd_paper_swap")
