@@ -88,7 +88,7 @@ for label, (dm, dd) in synthetic.items():
 # We snapshot the effective query and value matrices of all layers at three intermediate steps and the final step.
 
 # %% [markdown]
-# *Long cell* (about 7 min in the full profile, 1 min in quick): three training runs, one after the other.
+# *Long cell* (about 7–14 min in the full profile, 1 min in quick): three training runs, one after the other.
 # Interrupting the kernel stops the cell.
 
 # %%
@@ -114,7 +114,9 @@ for label, spec in methods.items():
 # ## 3. The figure
 #
 # One panel per method, as in the paper: x = ΔD, y = ΔM, a colour per layer, a marker per checkpoint, a least-squares
-# line, and the Pearson correlation of all the panel's points in its title.
+# line, and the Pearson correlation of all the panel's points in its title (`r`; section 4 calls it "pooled").
+# Each panel has its own scales: read the factor printed at the end of each axis (such as `1e-4` or `1e-2`) before
+# comparing how far two methods moved.
 
 # %%
 def points_for(kind: str) -> dict:
@@ -209,7 +211,7 @@ for kind in ("query", "value"):
 # more conditions.)
 
 # %% [markdown]
-# *Long cell* (about 6 min in the full profile, under a minute in quick): two more training runs. Interrupting the
+# *Long cell* (about 6–8 min in the full profile, under a minute in quick): two more training runs. Interrupting the
 # kernel stops the cell.
 
 # %%
@@ -237,20 +239,30 @@ for label, (lr, seed) in variants.items():
 # %% [markdown]
 # ## 5. Reading it honestly
 #
-# **LoRA.** Compare its sign in section 4's table with full fine-tuning's: where FT's slope is positive too, a
-# positive slope alone does not set LoRA apart. One geometric effect ties LoRA's ΔM to its ΔD: when nothing else acts
+# **LoRA.** As in the paper, LoRA's slope is positive: in section 4's table both its pooled and its within-checkpoint
+# correlations are positive, for query and value matrices, with intervals that exclude zero, and its query points
+# lie almost on a line. But full fine-tuning's pooled correlation is positive here too (query and value, intervals
+# above zero), and on query matrices it stays positive at the 3× learning rate and at the other seed: in this run a
+# positive slope alone does not set LoRA apart. What sets it apart here is how tightly its points follow a line: its
+# correlations are the highest of the three methods for each kind of matrix, and only its within-checkpoint
+# intervals lie wholly above zero. One geometric effect ties LoRA's ΔM to its ΔD: when nothing else acts
 # on a row's norm, a step *perpendicular* to the row still lengthens it (Pythagoras:
 # `‖w + g⊥‖ − ‖w‖ ≈ ‖g⊥‖²/(2‖w‖)`), which is `‖w‖` times its direction change `1 − cos θ ≈ θ²/2`, so magnitude
 # follows direction.
 #
-# **Full fine-tuning and DoRA.** The pooled rows of section 4's table say whether they show the paper's negative
-# sign; the rows "within checkpoints" of the same table say whether a negative slope across layers appears once
-# the time trend is removed; read only signs whose interval excludes zero, and remember that with six layers every
-# such interval is rough.
+# **Full fine-tuning and DoRA.** Neither shows the paper's negative sign in the pooled rows of section 4's table:
+# all four pooled correlations (FT and DoRA, query and value) are positive, with intervals above zero. The paper's
+# sign is not reproduced here. Once the time trend is removed (the rows "within checkpoints"), three of FT's and
+# DoRA's four rows have intervals that include zero, so they give no sign. The exception is DoRA's value matrices,
+# negative by both Pearson and Spearman with intervals below zero: at a given checkpoint, the layers that turned
+# more than average tended to change their norm less than average. That is one row of twelve, on the value matrices
+# (the paper's figure shows query matrices only), from six layers, with rough intervals: a lead to follow, not a
+# finding.
 #
 # One difference from the paper's training is easy to measure: weight decay. AdamW's decoupled decay multiplies every
 # decayed weight by `(1 − lr·λ)` at each step, so what matters is the cumulative `λ·Σlr`. This notebook trains with
-# `train()`'s default λ = 0.01 for the steps printed in section 2; the paper's 20-epoch runs have far more:
+# `train()`'s default λ = 0.01 for the steps printed in section 2. The cell below sets that beside an estimate for
+# the 20-epoch runs of the paper's official training scripts:
 
 # %%
 from lowrank.figure2 import PAPER_CUMULATIVE_DECAY, cumulative_lr
@@ -261,7 +273,8 @@ for label, spec in methods.items():
           f"(notebook 05 explains the estimate)")
 
 # %% [markdown]
-# Why could that matter? Decay of the parameter that carries a row's norm (FT's weight; DoRA's magnitude, which the
+# Here the cumulative decay is more than a hundred times smaller than in the paper's runs, for every method. Why could
+# that matter? Decay of the parameter that carries a row's norm (FT's weight; DoRA's magnitude, which the
 # paper's official code decays too) shrinks each row in proportion to its norm and leaves its direction alone, while
 # a gradient step of a given size turns a small-norm row more than a large one. Large-norm layers would then lose
 # more magnitude and turn less: large ΔM with small ΔD, the paper's negative sign, for FT and DoRA. LoRA's decay
@@ -270,9 +283,11 @@ for label, spec in methods.items():
 #
 # **How early do the magnitudes move?** The table of
 # medians in section 4 (before the learning-rate and seed check) shows how much of each method's final ΔM and ΔD is
-# already there at the first checkpoint, a quarter of the way through, and the lines under it compare DoRA with
-# LoRA. Adam trains DoRA's `m` (and FT's weights) directly: each entry can move by up to about the learning rate per step,
-# from the first step. LoRA has no parameter that sets a row's norm directly: its rows change only through the
+# already there at the first checkpoint, a quarter of the way through. At that checkpoint DoRA's magnitudes are
+# further along than LoRA's, for query and value matrices (the two lines under the table), and FT's are further
+# along still; in every row, the early share of ΔD is smaller than the early share of ΔM. Three facts fit this
+# pattern. Adam trains DoRA's `m` (and FT's weights) directly: each entry can move by up to about the learning rate
+# per step, from the first step. LoRA has no parameter that sets a row's norm directly: its rows change only through the
 # low-rank update `B·A`, which grows from zero (`B` starts at zero), so its ΔM grows only as `B·A` does. And ΔD
 # grows like the *square* of a row's angle (`1 − cos θ ≈ θ²/2`), ΔM like the first power of its norm change, so for
 # the same pace of change the early share of ΔD is the smaller one.
@@ -292,8 +307,9 @@ for label, spec in methods.items():
 #   per layer and checkpoint, for each method.
 # * A pooled correlation mixes the time trend with the differences between layers; the correlation within
 #   checkpoints separates them, and intervals must resample whole layers, not points.
-# * Section 4 prints where this course's signs agree with the paper's and where they do not, and whether full
-#   fine-tuning's sign here persists at another learning rate and seed.
+# * Section 4 prints where this course's signs agree with the paper's and where they do not: here LoRA's is
+#   positive, as in the paper, but so are FT's and DoRA's pooled correlations, negative in the paper; FT's stays
+#   positive at another learning rate and seed.
 # * A step perpendicular to a row also lengthens it, which ties ΔM to ΔD for LoRA; the cumulative weight decay
 #   `λ·Σlr` of these runs is far below the paper's (section 5 prints both), and notebook 05 asks whether that is
 #   what turns the slope.
