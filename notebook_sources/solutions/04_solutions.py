@@ -132,10 +132,12 @@ print("the two within-checkpoint intervals overlap:", with_decay.low <= without.
 assert all(-1 <= c.value <= 1 for c in correlations.values())
 
 # %% [markdown]
-# Whether the correlation changes is the question the intervals answer: where they overlap, these two runs cannot
-# tell the correlations apart (six layers make every interval wide). How much decay could change the slope at all is
-# bounded by its share of ΔM, printed above; at notebook 04's budget `λ·Σ lr` is small (notebook 04 prints it next to
-# the paper's estimate), so a small effect is what to expect. Notebook 05 raises decay to the paper's cumulative
+# Whether the correlation changes is the question the intervals answer, roughly: where they overlap, these two runs
+# give no clear evidence that the correlations differ (with six layers the intervals are rough, and overlapping
+# intervals are not a formal test). Decay's share of ΔM, printed above, says how much of the magnitude change decay
+# makes at all; at notebook 04's budget `λ·Σ lr` is small (notebook 04 prints it next to the paper's estimate), so a
+# small effect on the slope is what to expect, though not guaranteed: a shift in proportion to each row's norm can
+# still reorder layers whose ΔM are close. Notebook 05 raises decay to the paper's cumulative
 # strength and reads what that does to the slope. To repeat this for full fine-tuning, train the backbone itself
 # (no adapters, lr 1e-4) and compare the query weights' row norms instead of `m`.
 #
