@@ -95,13 +95,13 @@ def headline_results() -> str:
     for method, quoted in PAPER_CORRELATIONS.items():
         mine = [p for p in points if p["method"] == method]
         r = pearson([float(p["delta_d"]) for p in mine], [float(p["delta_m"]) for p in mine])
-        line = f"| Figure 2, {method}: ΔM against ΔD, query matrices, Pearson r | {signed(r)} pooled (notebook 04)"
+        line = f"| Figure 2, {method}: ΔM against ΔD, query matrices, correlation | Pearson r {signed(r)} over all points (notebook 04)"
         if method in study:
             s = study[method]
             line += (f"; {signed(float(s['value']))} [{signed(float(s['low']))}, {signed(float(s['high']))}] within checkpoints, "
                      "with weight decay at our estimate of the paper's cumulative strength (notebook 05's study, "
                      "short regime)")
-        rows.append(line + f" | {signed(quoted)} pooled (VL-BART) |")
+        rows.append(line + f" | {signed(quoted)} (VL-BART; the paper names neither the statistic nor how the points were combined) |")
     return "\n".join(rows)
 
 
