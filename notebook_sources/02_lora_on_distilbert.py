@@ -21,7 +21,7 @@
 # fine-tune on the same data and budget: the classification head only, LoRA on query and value, LoRA on every
 # linear layer, and full fine-tuning, and how to tell which differences are real.
 #
-# About 25 min in the full profile, 3 min in quick, on a 2-core laptop CPU ([measured how](../docs/runtimes.md)).
+# About 34 min in the full profile, 3 min in quick, on a 2-core laptop CPU ([measured how](../docs/runtimes.md)).
 # To switch, pass `profile="quick"` (live class) or `"full"` (self-study, the saved outputs) in the next cell and
 # run from the top.
 
@@ -325,7 +325,7 @@ del peft_model
 # (`lowrank.memory` explains how it is counted on a CPU; measured on one batch of 32 tweets).
 
 # %% [markdown]
-# *Long cell*, most of this notebook's time (about 20 min in the full profile): four training runs, one after the
+# *Long cell*, most of this notebook's time (about 30 min in the full profile): four training runs, one after the
 # other. Interrupting the kernel stops the cell.
 
 # %%
@@ -458,9 +458,10 @@ if label_confidence:
 #   over-read a point between methods.
 # * **Memory**: the `step mem` column is the sum of the next two. `grads/AdamW` is three fp32 copies (gradient and
 #   AdamW's two moments) of every trainable parameter: tiny for LoRA, all 22.7 M parameters for full fine-tuning.
-#   `activ.` is what the forward pass saves for backward; full fine-tuning saves more, because the layers that
-#   LoRA leaves frozen need their inputs kept only to compute weight gradients. Which part is larger depends on
-#   the batch: compare them in the printed table.
+#   `activ.` is what the forward pass saves for backward; full fine-tuning saves more than LoRA q,v, because the
+#   layers that LoRA q,v leaves frozen need their inputs kept only to compute weight gradients. LoRA on every
+#   linear layer needs those inputs for its `A` gradients, so it saves about as much as full fine-tuning. Which
+#   part is larger depends on the batch: compare them in the printed table.
 #
 # ## 7. Merge, and check nothing changed
 #

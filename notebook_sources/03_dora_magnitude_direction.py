@@ -26,7 +26,7 @@
 # paper's detached norm saves, check the layer against PEFT, train it against LoRA, and read the paper's gradient
 # argument in code.
 #
-# About 11–18 min in the full profile, 1 min in quick, on a 2-core laptop CPU ([measured how](../docs/runtimes.md)).
+# About 13 min in the full profile, 1 min in quick, on a 2-core laptop CPU ([measured how](../docs/runtimes.md)).
 # To switch, set `profile="quick"` (or `"full"`) in the next cell and run from the top.
 
 # %%
@@ -338,7 +338,7 @@ print("max |logit difference| vs PEFT DoRA < 1e-5:", difference < 1e-5)
 # q,v run except for the random draw of `A`, so the wrap-up (notebook 06) can set the two LoRA runs side by side.
 
 # %% [markdown]
-# *Long cell* (about 10 min in the full profile, half a minute in quick): two training runs, LoRA then DoRA.
+# *Long cell* (about 12 min in the full profile, half a minute in quick): two training runs, LoRA then DoRA.
 # Interrupting the kernel stops the cell.
 
 # %%
