@@ -143,7 +143,8 @@ print("∂L/∂A is zero while B = 0:", bool((A.grad == 0).all()))
 
 # %% [markdown]
 # The layer we are about to build, drawn with the sizes of the backbone's query projections (orange boxes
-# train, the grey one is frozen; `lowrank.diagrams` draws it, so the picture is code and is tested):
+# train, the grey one is frozen, the blue one is the fixed scale `α/r`; `lowrank.diagrams` draws it, so the
+# picture is code and is tested):
 
 # %%
 from lowrank.diagrams import lora_diagram
