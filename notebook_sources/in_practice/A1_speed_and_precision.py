@@ -18,10 +18,10 @@
 # *Optional practitioner material beside the course path: the path (01–06) never needs it.* Where a training
 # step's time goes on a CPU, and what `lowrank.train` does about it: length groups instead of padded batches, a
 # fused AdamW, bf16 autocast where the hardware multiplies bf16, and why the trained parameters stay fp32. Every
-# claim is measured on your machine as the notebook runs, except bf16's speed on a machine that would only emulate
+# number is measured on your machine as the notebook runs, except bf16's speed on a machine that would only emulate
 # bf16: section 7 then shows a committed measurement and names the machine it came from.
 #
-# About 2 min in the full profile, 1 min in quick, on a 2-core laptop CPU ([measured how](../../docs/runtimes.md)).
+# About 1½ min in the full profile, 1 min in quick, on a 2-core laptop CPU ([measured how](../../docs/runtimes.md)).
 # To switch profile, set `profile="quick"` (or `"full"`) in the next cell and run from the top.
 
 # %%
@@ -250,16 +250,18 @@ for label, targets in (("head only", None), ("LoRA q,v r=8", ["q_lin", "v_lin"])
 
 # %% [markdown]
 # Full fine-tuning alone pays for gradients and AdamW's two moments of every parameter: three fp32 copies, so its
-# grads/AdamW part is three times the weights. Every method pays the activations, which LoRA still needs to
-# backpropagate *through* the frozen layers below each adapter; at this batch they are of the same order as full
-# fine-tuning's three copies (compare the two parts printed above). That is also why LoRA saves far less time per
-# step than it saves trainable parameters.
+# grads/AdamW part is three times the weights. Every method that trains something below the head pays the
+# activations, which LoRA still needs to backpropagate *through* the frozen layers below each adapter; at this batch
+# they are of the same order as full fine-tuning's three copies (compare the two parts printed above). Training the
+# head alone saves them: backward stops at the head, and its activation part is the smallest line above. The same
+# backward through the frozen layers is why a LoRA step still costs much of a full fine-tuning step's compute, far
+# more than its share of trainable parameters suggests (this notebook does not time full fine-tuning's step).
 #
 # ## 6. Mixed precision: the lesson (runs everywhere, in seconds)
 #
 # Many recent CPUs and GPUs multiply **bfloat16** matrices faster than float32 (on a CPU, AMX tiles or AVX512-BF16;
-# elsewhere torch emulates bf16, tens of times *slower* than fp32). bf16 keeps fp32's 8 exponent bits, so it has the
-# same range, but only 8 significand bits instead of 24: two to three significant decimal digits. `torch.autocast`
+# elsewhere torch emulates bf16, tens of times *slower* than fp32, as `docs/runtimes.md` measured). bf16 keeps
+# fp32's 8 exponent bits, so it has the same range, but only 8 significand bits instead of 24: two to three significant decimal digits. `torch.autocast`
 # uses it where it is safe: inside the `with` block, the linear layers' matrix products cast their inputs and weights
 # to bf16 and return bf16, while the **parameters stay fp32** (the "master weights"), their gradients arrive in fp32,
 # and AdamW's moments stay fp32. `LOWRANK_PRECISION` picks what `lowrank.train` does: `auto`, the default (bf16
@@ -286,9 +288,10 @@ print(f"{name}: merging its update s·B·A into W leaves W unchanged in {unchang
 # %% [markdown]
 # Whether a change survives bf16 storage depends on its size relative to the weight's: a step that is tiny next to
 # its weight vanishes, and fine-tuning is made of many small, accumulating steps. The last line shows the same loss
-# at merge time: adding LoRA's update to a bf16 `W` drops part of it. AdamW's moments are running means that take a
-# small increment at every step, the same story: in bf16 the increments would round away next to the running value.
-# So parameters and optimizer state stay fp32, and under autocast only
+# at merge time: adding LoRA's update to a bf16 `W` drops part of it. AdamW's second moment is a running mean that
+# moves by a thousandth of the gap at each step (β₂ = 0.999), less than bf16's spacing: stored in bf16, such
+# increments would round away next to the running value (not measured here). So parameters and optimizer state
+# stay fp32, and under autocast only
 # the *computation* is bf16 (a 2 × 5-token input here: bf16 work of microseconds, emulated or not):
 
 # %%
@@ -302,8 +305,8 @@ layer.zero_grad(set_to_none=True)
 # %% [markdown]
 # ## 7. What bf16 buys, measured
 #
-# Where the hardware multiplies bf16, the next cell measures it: the bf16 `torch.mm` rate, the same LoRA q,v
-# training steps from the same start in fp32 (groups of 8) and under bf16 autocast (groups of 16), alternated, and
+# Where the hardware multiplies bf16, the next cell measures it: the bf16 `torch.mm` rate, LoRA q,v training steps
+# on section 3's batch in fp32 (groups of 8) and under bf16 autocast (groups of 16), alternated, and
 # the first losses of a short run each way; it saves what it measured. Where bf16 is emulated, those measurements
 # would take minutes and measure only the emulation, so the cell skips them and shows the measurement committed from
 # a machine with bf16 hardware instead, named with its rates.
@@ -349,8 +352,10 @@ for name, values in measured["losses"].items():
 
 # %% [markdown]
 # Three things to read, whichever machine the lines come from (the first line of the output says). **The step
-# gains less than `torch.mm`:** the step's speed-up (1 ÷ its bf16/fp32 ratio) falls well short of the `torch.mm`
-# rates' ratio, because much of a step is not a large matrix product: dropout's random
+# gains less than `torch.mm`:** the step's speed-up (1 ÷ its bf16/fp32 ratio) falls short of the `torch.mm`
+# rates' ratio (compare the two lines). Likely reasons, not measured one by one here: the step's matrix products
+# are far smaller than 2048³ (16 or 8 tweets of a few dozen tokens, 384 features), the bf16 step's groups of 16
+# carry more padding than fp32's groups of 8, and much of a step is not a matrix product at all: dropout's random
 # numbers, GELU, layer norm, softmax and the optimizer gain little from bf16 matrix units. On a CPU, GELU and the
 # feed-forward dropout run in bf16 on a matmul's bf16 output; layer norm runs in fp32 on the fp32 residual sum, the
 # optimizer outside autocast; attention runs inside `scaled_dot_product_attention`, whose CPU kernel with dropout on
@@ -405,9 +410,11 @@ print(f"with dropout, the model's 6 attention forwards at this shape: {6 * sdpa_
 assert (fused_out - math_out).abs().max() < 1e-4 and fused_with_dropout != "accepted"
 
 # %% [markdown]
-# Read the last line as an order of magnitude (the backward adds about twice the forward's work): with sequences of
-# at most 64 tokens attention is a modest share of this model's step, and the fallback's extra cost with it; with
-# long sequences attention grows with the square of the length.
+# Read the last line as an order of magnitude. The backward adds about twice the forward's work, so multiply the
+# attention forwards' time by about three before comparing it with the step: with sequences of at most 64 tokens,
+# attention with dropout is a minority of this model's step but not a negligible one, and the line before it shows
+# what the math fallback costs against the fused kernel per call. With long sequences attention grows with the
+# square of the length.
 #
 # ## What you learned
 #
@@ -415,7 +422,8 @@ assert (fused_out - math_out).abs().max() < 1e-4 and fused_with_dropout != "acce
 # * On a CPU, length groups skip most of the padding a shuffled batch carries, with the same gradient up to rounding;
 #   a fused AdamW updates every parameter in one operation, the same update.
 # * A step's memory beyond the weights is activations plus gradients and AdamW's moments; full fine-tuning pays three
-#   fp32 copies of its parameters, and every method pays activations.
+#   fp32 copies of its parameters, and every method that backpropagates below the head pays activations (for LoRA,
+#   of the same order as full fine-tuning's three copies here).
 # * bf16 has fp32's range with 8 significand bits: small updates round away, so parameters and optimizer state stay
 #   fp32 and autocast makes only the computation bf16; it pays only where the hardware multiplies bf16, and even
 #   there a step gains less than its matrix products.

@@ -21,7 +21,7 @@
 # and imports it back into the from-scratch layers, comparing logits at every hop; then it shows what each loader
 # refuses.
 #
-# About 1½ min in the full profile, ½ min in quick, on a 2-core laptop CPU ([measured how](../../docs/runtimes.md)).
+# About 2 min in the full profile, ½ min in quick, on a 2-core laptop CPU ([measured how](../../docs/runtimes.md)).
 # To switch profile, set `profile="quick"` (or `"full"`) in the next cell and run from the top.
 
 # %%
@@ -43,7 +43,7 @@ from lowrank.training import predict, train
 profile, base, tokenizer, data = setup.profile, setup.model, setup.tokenizer, setup.data
 
 # %% [markdown]
-# *Long cell* (about 10 s quick, 45 s full): a short DoRA training run to have an adapter
+# *Long cell* (about 10 s quick, 1 min full): a short DoRA training run to have an adapter
 # worth saving. Interrupting the kernel stops the cell.
 
 # %%
@@ -109,9 +109,9 @@ print("imported logits equal the original's (to 1e-5):", torch.allclose(predict(
 # ## When the folder does not fit
 #
 # Loading into a model that already has adapters compares method, rank, alpha, scaling rule, dropout and targets,
-# and refuses a difference naming the field and both values; that model is left untouched. A backbone of another
-# size is refused at the first tensor whose shape differs, while one with the same shapes is accepted silently (the
-# recorded backbone name is not compared; exercise 2 runs both cases). A damaged file is refused as damaged.
+# and refuses a difference naming the field and both values (exercise 1 checks that the model is left as it was).
+# A backbone of another size is refused at the first tensor whose shape differs, while one with the same shapes is
+# accepted silently (the recorded backbone name is not compared; exercise 2 runs both cases). A damaged file is refused as damaged.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -177,9 +177,9 @@ except ValueError as error:
 #   `adapter_config.json`). Each tensor's digest is recorded: a truncated file is refused (above), and a flipped
 #   byte is refused naming its tensor (exercise 3).
 # * The same adapter reloads on a fresh backbone, exports to PEFT's format, loads with PEFT and imports back into
-#   the from-scratch layers, with the same logits at every hop.
-# * A load into adapters of other settings is refused, naming the field and both values, before anything is
-#   copied; a backbone of another size is refused at the first tensor whose shape differs; one with the same
+#   the from-scratch layers, with logits equal to 1e-5 at every hop.
+# * A load into adapters of other settings is refused, naming the field and both values (exercise 1: the
+#   model is left as it was); a backbone of another size is refused at the first tensor whose shape differs; one with the same
 #   shapes is accepted silently (exercise 2).
 # * PEFT's own loader checks keys and shapes, not bytes: a flipped byte loads silently there and is refused by
 #   `lowrank.import_peft`, which checks each tensor's digest.

@@ -47,7 +47,7 @@ setup = setup_notebook(profile=None, load=True, use_device=False)  # None: $LOWR
 # checkpoints.
 
 # %% [markdown]
-# *Long cell* (about 15 s quick, 1 min full): a 🤗 Trainer run. Interrupting the kernel stops the cell.
+# *Long cell* (about 15 s quick, 1¼ min full): a 🤗 Trainer run. Interrupting the kernel stops the cell.
 
 # %%
 import tempfile

@@ -104,7 +104,8 @@ assert inp["columns"] < 1e-3 * inp["start"] and inp["rows"] > 0.3 * inp["start"]
 print(f"exercise 1 took {time.perf_counter() - started:.0f} s")
 
 # %% [markdown]
-# Each magnitude learns exactly the rescaling along its own axis and almost nothing of the other. DoRA's
+# Each magnitude learns the rescaling along its own axis, to float rounding; on the other axis the loss stays of
+# the order it started at (compare each row's three columns above). DoRA's
 # magnitude (rows, `dim=1`) sets the length of each **output** neuron's weight vector — the quantity the
 # paper's ΔM measures and its Figure 2 plots. The seed's `dim=0` magnitude rescales **inputs** instead: it
 # trains without an error, reaches a loss, and learns a different model. On DistilBERT's non-square
@@ -142,7 +143,8 @@ for label, targets_ in chosen.items():
 print(f"exercise 2 took {time.perf_counter() - started:.0f} s")
 
 # %% [markdown]
-# A few thousand numbers against LoRA's hundreds of thousands: the magnitude is almost free in parameters.
+# A few percent on top of LoRA's trainable count (compare the printed totals): the magnitude is almost free in
+# parameters.
 # Its cost is elsewhere: the norm of `V` at every forward, and in training what autograd keeps for it (notebook 03,
 # section 3).
 #
