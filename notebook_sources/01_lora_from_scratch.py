@@ -116,7 +116,8 @@ plt.show()
 #   model. The paper zeroes `B`, the factor applied last: "We use a random Gaussian initialization for A and zero
 #   for B, so ΔW = BA is zero at the beginning of training" (section 4.1). PEFT (Hugging Face's `peft` library,
 #   the usual way to add LoRA to a model; notebook 02 uses it) does the same but draws `A` Kaiming-uniform, and so
-#   does the layer below.
+#   does the layer below: `kaiming_uniform_(A, a=5 ** 0.5)` is how PyTorch initialises an `nn.Linear`'s weight by
+#   default, and PEFT uses the same call for `A` (the `√5` is just that default's parameter).
 #   Then `B` receives a gradient at step 0 while `A` does not yet: for one input `x` written as a column vector
 #   (so `y = W x + b`) with output gradient `g = ∂L/∂y`, `∂L/∂B = (α/r)·g·(A x)ᵀ`, an outer product of shape
 #   `[out × r]`, nonzero since `A x ≠ 0`; `∂L/∂A = (α/r)·Bᵀ g xᵀ`, which is zero while `B = 0`. PyTorch stacks
@@ -205,8 +206,10 @@ print("trainable:", [name for name, p in mine.named_parameters() if p.requires_g
 # ## 3. Why scale by `α/r` and not by `α`
 #
 # The update is `ΔW = s·B·A`. What an optimiser step does to `ΔW` depends on `s` and on `r`. With Adam,
-# the first step moves every entry of `B` by about the learning rate, so `‖ΔW‖` after one step grows like
-# `s·√r`. Measure it: one AdamW step on the same layer, same data, same learning rate, for several ranks,
+# the first step moves every entry of `B` by about the learning rate, whatever `r` is (Adam normalises each
+# entry's step). `B·A` is a sum of `r` rank-one terms, column `j` of `B` times row `j` of `A`; each has about the
+# same size, and since the rows of `A` are random, independent directions, their sizes add like a random walk:
+# `‖ΔW‖` after one step grows like `s·√r`. Measure it (the plot checks the `√r`): one AdamW step on the same layer, same data, same learning rate, for several ranks,
 # with the three scalings in use: `s = α` (the seed article), `s = α/r` (LoRA paper, PEFT) and
 # `s = α/√r` (rsLoRA, Kalajdzievski 2023).
 
@@ -251,8 +254,13 @@ plt.show()
 # is flat). The LoRA paper's reason for `α/r` is the same worry: "When optimizing with Adam, tuning α is roughly
 # the same as tuning the learning rate if we scale the initialization appropriately. As a result, we simply set
 # α to the first r we try and do not tune it. This scaling helps to reduce the need to retune hyperparameters
-# when we vary r" (section 4.1). The course follows the LoRA paper and PEFT (`α/r`) so its numbers are comparable with theirs;
-# `lowrank.LoRALinear.scaling` is one attribute if you want to try `α/√r`.
+# when we vary r" (section 4.1).
+#
+# So what should you use? `α/r` is the LoRA paper's and PEFT's default, and this course uses it so that its
+# numbers compare with theirs. rsLoRA's `α/√r` (exercise 1; PEFT's `use_rslora=True`) keeps the first step the
+# same size across ranks, which matters if you compare or sweep ranks with one learning rate. At a fixed rank
+# the choice matters little: either is a constant factor, roughly the same as a different learning rate (the
+# paper's point, quoted above). `lowrank.LoRALinear.scaling` is one attribute if you want to try `α/√r`.
 #
 # ## 4. How many parameters?
 #
@@ -323,7 +331,11 @@ for name, seconds in latency.items():
 # This course grew out of a short blog article, "LoRA和DoRA" ("LoRA and DoRA", in Chinese, by 张广益, 16 May 2024),
 # which shows how to put both into DistilBERT (it builds the models and counts their trainable parameters; it
 # trains nothing). Its LoRA code has mistakes that are easy to copy; each one is run below. (Its DoRA code has
-# more, which notebook 03 runs once DoRA is built.)
+# more, which notebook 03 runs once DoRA is built.) "Mistake" here means a place where the article's code disagrees
+# with its own text, or with the LoRA paper and PEFT, or cannot do what it claims; most do not crash. Scaling by `α`,
+# for one, is a convention rather than a bug: the code runs and trains, but changing `r` silently changes the
+# effective learning rate. The same `α`-scaled layer appears in other popular from-scratch LoRA tutorials, so it
+# is worth recognising.
 #
 # 1. *Text and code disagree on the zero factor.* The text says "在初始化时，矩阵 A 为零矩阵，B 为随机的高斯分布"
 #    ("at initialisation, A is a zero matrix and B random Gaussian"); its `LoRALayer` does the opposite: it zeros

@@ -15,8 +15,16 @@
 # %% [markdown]
 # # 03 — DoRA: magnitude and direction
 #
-# DoRA (Liu et al., 2024, [arXiv:2402.09353](https://arxiv.org/abs/2402.09353)) splits every pretrained weight
-# into a **magnitude** and a **direction**, trains the magnitude directly and the direction with LoRA:
+# Why another method? LoRA often trains a little worse than full fine-tuning. DoRA's authors (Liu et al., 2024,
+# [arXiv:2402.09353](https://arxiv.org/abs/2402.09353)) split each weight row into its length (magnitude) and its
+# unit vector (direction) and compared how full fine-tuning and LoRA change the two (notebook 04 redraws that
+# analysis); in their abstract: "we first introduce a novel weight decomposition analysis to investigate the
+# inherent differences between FT and LoRA. Aiming to resemble the learning capacity of FT from the findings, we
+# propose Weight-Decomposed Low-Rank Adaptation (DoRA)." So DoRA lets magnitude and direction learn separately,
+# closer to what full fine-tuning does.
+#
+# DoRA splits every pretrained weight into a **magnitude** and a **direction**, trains the magnitude directly and
+# the direction with LoRA:
 #
 # $$W' = m \odot \frac{W_0 + \tfrac{\alpha}{r} B A}{\lVert W_0 + \tfrac{\alpha}{r} B A \rVert}, \qquad m_0 = \lVert W_0 \rVert .$$
 #
@@ -177,6 +185,10 @@ print("4. DoRALayer's arguments:", list(inspect.signature(SeedDoRALayer.__init__
 # **Dropout.** `MyDoRALinear` has none. With dropout `p > 0`, the official DoRA code and PEFT drop out only the input
 # of the *change* to `W0·x`: `W0·x + (g − 1)·W0·drop(x) + g·s·B·A·drop(x)` with `g = m/‖V‖`, which is what
 # `lowrank.DoRALinear` computes (it equals `g·(W0·x + s·B·A·drop(x))` only when nothing is dropped).
+# Why that shape: as in LoRA, the frozen path should see the same clean input it sees without adapters, up to the
+# rescaling `g`. Write `g·W0·x = W0·x + (g − 1)·W0·x`: the first term is the pretrained layer and keeps the clean
+# `x`; only what the adapter adds, the low-rank branch and the magnitude's correction `(g − 1)·W0·x`, gets the
+# dropped input.
 
 # %% [markdown]
 # The layer in a picture, with layer 0's query projection sizes (orange trains, grey is frozen, blue is computed
@@ -511,7 +523,9 @@ print(f"detaching the norm changes ∇V' by {(detached_V - full_V).norm() / full
 # Salimans & Kingma (2016) reparameterise a weight vector as `w = g · v/‖v‖`, "weight normalization", and write:
 # "weight normalization accomplishes two things: it scales the weight gradient by g/||v||, and it projects the
 # gradient away from the current weight vector. Both effects help to bring the covariance matrix of the gradient
-# closer to identity and benefit optimization." DoRA's eq. 6–7 are these gradients row by row, and the paper draws
+# closer to identity and benefit optimization." In plain words: once the length is a separate parameter, the
+# steps on the direction are better conditioned, so plain gradient descent works more evenly across directions.
+# DoRA's eq. 6–7 are these gradients row by row, and the paper draws
 # the same conclusion, citing them: "These two effects contribute to aligning the gradient's covariance matrix more
 # closely with the identity matrix, which is advantageous for optimization (Salimans & Kingma, 2016)". What DoRA
 # changes is what `v` is and how it trains:
