@@ -115,6 +115,22 @@ print(f"1 - cos:     measured {row.dd_measured:.3e}; first order {row.dd_first_o
 # batch 16, fp32, the paper's linear schedule with 10 % warm-up, and the paper's learning rates (FT 1e-4, adapters
 # 1e-3). Snapshots of all six layers' query and value matrices are taken at twelve evenly spaced steps.
 #
+# **This is not notebook 04's setup.** Side by side (`lowrank/figure2.py` for the study, notebook 04's training cell
+# for 04):
+#
+# | setting | notebook 04 | this study |
+# |---|---|---|
+# | adapter rank r, α | 8, 16 (scaling 2) | 128, 128 (scaling 1; LoRA also at α = 32 in the `alpha32` conditions) |
+# | learning rate | FT 1e-4, LoRA and DoRA 2e-3 | FT 1e-4 (3e-4 in the long regime), LoRA and DoRA 1e-3 |
+# | batch | the profile's (32) | 16 |
+# | steps | the profile's (250 in full) | 250 (`short`), 600 (`long`), 1,000 (`short4x`) |
+# | warm-up | 6 % | 10 % |
+# | weight decay | `train()`'s default λ = 0.01 | 0 (`wd0`) or λ set per run to the paper's `λ·Σlr` (`wd_paper`) |
+# | precision | the setup line's (bf16 where it is fast) | fp32 always |
+#
+# So even `short_wd0`, the study's closest condition, differs from notebook 04's runs: another rank, α, adapter
+# learning rate, batch and warm-up, no decay at all, and fp32. Its signs need not be notebook 04's.
+#
 # **What the paper's code says.** The paper quotes its LoRA and FT numbers on VL-BART from VL-Adapter (Sung et al.,
 # 2022; its §5.2: "The result of LoRA and FT for both image/video-text tasks is directly quoted from (Sung et al.,
 # 2022)") and trains DoRA with its own scripts. In the public code:
@@ -130,8 +146,7 @@ print(f"1 - cos:     measured {row.dd_measured:.3e}; first order {row.dd_first_o
 # | what trains besides the adapters | LoRA: biases (`use_lora` unfreezes `lora` and `bias`) | biases and layer norms (`dora.sh` lines 63–64, `--unfreeze_bias --unfreeze_layer_norms`) | the classifier head only: **differs** |
 # | epochs, warm-up, schedule | 20, 0.1, linear | 20, 0.1, linear | the number of steps of each regime, 0.1, linear |
 #
-# Earlier versions of this notebook stated r = α = 128 for LoRA and batch 500 for both adapters: LoRA's α and DoRA's
-# batch were wrong. The ε, the clipping and the extra trainable parameters were not re-run (section 10).
+# The ε, the clipping and the extra trainable parameters differ and were not re-run (section 10).
 #
 # **The paper's cumulative decay, re-estimated.** AdamW's decay multiplies a decayed weight by `(1 − lr_t·λ)` at each
 # step, so the shrink after training is `c ≈ exp(−λ·Σlr_t)`. With 20 epochs over VQAv2, GQA, NLVR2 and COCO captions
@@ -219,9 +234,14 @@ assert live_record.output_difference < 1e-4
 # * **leave one layer out**: the range of the correlation over the six ways of dropping a layer, and which drops
 #   flip its sign.
 #
+# A correlation is called **settled** when both checks agree it has a sign: its 95 % interval excludes zero *and* its
+# exact permutation p, one-sided in whichever direction its sign points, is below 0.05. The rest of the notebook
+# uses the word only in that sense.
+#
 # Two statistics, Pearson, for query and value matrices: *within checkpoints* (the four `even` checkpoints, each
 # checkpoint's mean removed: across layers, the shared time trend gone) and *last checkpoint* (the six layers at the
-# final step).
+# final step). `even` is one of two placements of the four checkpoints the study reads: spread evenly over the run
+# (`even`) or bunched at its end (`late`); section 8 compares them.
 
 # %%
 print("cross-layer Pearson at each of the twelve checkpoints, query matrices:")
@@ -499,11 +519,15 @@ for name, (right, total) in tally.items():
     print(f"{name}: the predicted sign matches {right} of the {total} settled rows")
 
 # %% [markdown]
-# **Reading the table.** Where the two accounts disagree, the settled runs side with decay: §4.2's misses are the
-# settled FT and DoRA runs without decay, which are positive. They agree on every settled decayed FT run and on
-# LoRA (for LoRA, §4.2 predicts nothing of its own: its positive sign is the paper's reading of Figure 2). No decayed
-# DoRA query row is settled, so the tallies say nothing either way about DoRA's negative query slope; they rest on
-# FT, on LoRA, and on DoRA without decay.
+# **Reading the table.** Most settled rows cannot tell the two accounts apart: on LoRA and on decayed FT both
+# columns predict the same sign (for LoRA, §4.2 predicts nothing of its own: its positive sign is the paper's reading
+# of Figure 2), so those rows count for both tallies alike. The only rows that discriminate are those where the
+# `§4.2` and `decay` columns differ: FT and DoRA with nothing decaying the row norm. The settled ones among them are
+# all runs *without any decay*, a setting outside the paper's own training, which used decay; there they are
+# positive, as the decay account predicts and §4.2 does not. So the difference between the two tallies rests on those
+# few rows, in a setting the paper never trained in: it says §4.2's "in every condition" does not hold once decay is
+# removed, not that §4.2 is wrong about the paper's runs. No decayed DoRA query row is settled, so the tallies say
+# nothing either way about DoRA's negative query slope.
 #
 # The second test, point estimates over six layers without intervals: the size of the gradient's part of ΔM rises
 # with ΔD across layers in most runs (a positive `r(ΔD, |gradient part|)`, against §4.2's trade-off). The exceptions
@@ -660,7 +684,8 @@ for (condition, method) in dict.fromkeys((r["condition"], r["method"]) for r in 
 #
 # How much of the above would a re-run change? `figures/05_replicate/` holds an earlier run of the same 13 runs by
 # the same command (at commit `c3c3f89`): same data, order, seed, settings and adapter initialisation, but made before
-# `lowrank.train` ran each batch in length groups with a fused AdamW (notebook 02), and before the LoRA and DoRA
+# `lowrank.train` ran each batch in length groups with a fused AdamW (the practitioner notebook
+# [A1](in_practice/A1_speed_and_precision.ipynb) shows both), and before the LoRA and DoRA
 # layers' forward was rearranged (the same maths in another order), so dropout drew other random numbers and the
 # arithmetic rounded differently. That is a re-run, not a new seed; two runs cannot give a spread,
 # but they show which signs move. Three of the most-read statistics, query matrices, this run beside the replicate
@@ -719,36 +744,8 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 #    ½×, at 1× in the long regime, after the swap and over 4× the steps, but not at 1× or 2× in the short regime
 #    (sections 3–5); the paper's own account (§4.2), which has no decay in it, predicts the wrong sign for every
 #    settled FT and DoRA query row without decay, while the decay account predicts every settled query row's sign,
-#    among which no decayed DoRA row (section 6's table and tallies).
-#
-# **Sentences of earlier versions that changed:**
-#
-# * "for LoRA and DoRA the paper's adapter settings: r = α = 128" → DoRA's α = 128 stands; the LoRA baseline the
-#   paper quotes used α = 32 (section 2; LoRA at α = 32 stays positive).
-# * "20 epochs at batch 500 … ten times that for the adapters" → DoRA's script uses batch 300 in all, so DoRA's
-#   `λ·Σlr` is about 0.4–0.75, not 0.3 (the `x2` condition is inside that range).
-# * "The paper's pooled Pearson values are in the last column" → the paper names neither its statistic nor its
-#   pooling.
-# * "What produces the paper's pattern here: weight decay at the paper's cumulative strength, read at late
-#   checkpoints, in the short regime" → decay produces the negative slope across layers (the within-checkpoint
-#   statistic); the `late` pooled value is close to the last checkpoint's cross-layer correlation (section 8), so
-#   "late" adds no separate evidence.
-# * "With the paper's decay, FT and DoRA turn negative across layers in the short regime" → FT's query and value do,
-#   settled; DoRA's query at 1× is negative only with layer 5 in and is not settled at any dose; DoRA's value in the
-#   short regime is settled at ½× and after the swap, not at 1× (p 0.072) or 2×.
-# * "At the `late` placement, … the short regime has the paper's three signs in both runs" → true of the point
-#   estimates, but only FT's and LoRA's intervals exclude zero, and only two placements were tried.
-# * "Decay is 99 % (short regime) and 92 % (long) of … FT's ΔM" → these shares come from a per-step decay far stronger
-#   than the paper's (section 2's `decay/Adam`) and describe these runs only.
-# * "Decay's effect depends only on λ·Σlr" → true of the shrink factor `c`, not of ΔD or of decay's share of ΔM;
-#   DoRA's slopes kept their sign with the decay spread over 4× the steps (section 5); FT's was not tested.
-# * "What does not produce it: a larger regime alone … size alone does not produce the paper's pattern" → dropped:
-#   the long regime changed steps and learning rate together, so it cannot say what size alone does.
-# * "For LoRA … decay never reaches `W0`, so LoRA stayed positive" → still true, now also at α = 32.
-# * The value matrices were left out of the conclusions; they now stand beside the query matrices everywhere and
-#   are the clearer evidence (their norms differ more across layers).
-# * Tallies of signs of point estimates whose intervals span zero ("3 of 4 negative") → only settled rows are
-#   counted (section 6).
+#    among which no decayed DoRA row (section 6's table and tallies). The rows that tell the two accounts apart are
+#    all runs without decay, outside the paper's own training; on the rest both predict the same sign.
 #
 # **Not yet measured** (they did not fit this study's CPU budget; each is one condition or one change away):
 #
@@ -798,3 +795,37 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 #    and place the result on section 5's dose–response figure. (`run_study` skips a condition whose name it already
 #    finds in the folder.) In the quick profile the solution runs a 12-step version instead: enough to check the
 #    arithmetic of `c`, not the correlations.
+
+# %% [markdown]
+# ## Changes from earlier versions of this notebook
+#
+# Version history, for readers of an earlier version; nothing in the lesson above depends on it. Earlier versions
+# stated r = α = 128 for LoRA and batch 500 for both adapters: LoRA's α and DoRA's batch were wrong (section 2 has
+# the code's values). Sentences of earlier versions that changed:
+#
+# * "for LoRA and DoRA the paper's adapter settings: r = α = 128" → DoRA's α = 128 stands; the LoRA baseline the
+#   paper quotes used α = 32 (section 2; LoRA at α = 32 stays positive).
+# * "20 epochs at batch 500 … ten times that for the adapters" → DoRA's script uses batch 300 in all, so DoRA's
+#   `λ·Σlr` is about 0.4–0.75, not 0.3 (the `x2` condition is inside that range).
+# * "The paper's pooled Pearson values are in the last column" → the paper names neither its statistic nor its
+#   pooling.
+# * "What produces the paper's pattern here: weight decay at the paper's cumulative strength, read at late
+#   checkpoints, in the short regime" → decay produces the negative slope across layers (the within-checkpoint
+#   statistic); the `late` pooled value is close to the last checkpoint's cross-layer correlation (section 8), so
+#   "late" adds no separate evidence.
+# * "With the paper's decay, FT and DoRA turn negative across layers in the short regime" → FT's query and value do,
+#   settled; DoRA's query at 1× is negative only with layer 5 in and is not settled at any dose; DoRA's value in the
+#   short regime is settled at ½× and after the swap, not at 1× (p 0.072) or 2×.
+# * "At the `late` placement, … the short regime has the paper's three signs in both runs" → true of the point
+#   estimates, but only FT's and LoRA's intervals exclude zero, and only two placements were tried.
+# * "Decay is 99 % (short regime) and 92 % (long) of … FT's ΔM" → these shares come from a per-step decay far stronger
+#   than the paper's (section 2's `decay/Adam`) and describe these runs only.
+# * "Decay's effect depends only on λ·Σlr" → true of the shrink factor `c`, not of ΔD or of decay's share of ΔM;
+#   DoRA's slopes kept their sign with the decay spread over 4× the steps (section 5); FT's was not tested.
+# * "What does not produce it: a larger regime alone … size alone does not produce the paper's pattern" → dropped:
+#   the long regime changed steps and learning rate together, so it cannot say what size alone does.
+# * "For LoRA … decay never reaches `W0`, so LoRA stayed positive" → still true, now also at α = 32.
+# * The value matrices were left out of the conclusions; they now stand beside the query matrices everywhere and
+#   are the clearer evidence (their norms differ more across layers).
+# * Tallies of signs of point estimates whose intervals span zero ("3 of 4 negative") → only settled rows are
+#   counted (section 6).

@@ -56,7 +56,8 @@ print("reading", ", ".join(READ), "from the repository's figures/:", all((FIGURE
 # ## LoRA against full fine-tuning (notebook 02)
 #
 # Every accuracy below comes from one training run, scored on one test set. Its binomial standard error,
-# `√(p(1 − p)/n)`, is about one point for `n` = 1,000 test tweets (the full profile) near 90 % accuracy, so a difference
+# `√(p(1 − p)/n)`, is about one point for `n` = 1,000 test tweets (the full profile) at any accuracy `p` between 80 and
+# 95 %, so a difference
 # under about two points is not resolved by the accuracies alone. The models are scored on the same tweets, so McNemar's
 # paired test (notebook 02) asks the sharper question: do the tweets where exactly one of two models is right split
 # evenly?
@@ -154,12 +155,16 @@ if not_read:
 
 # %% [markdown]
 # What the study found (notebook 05's last section names the measurement behind each sentence). With weight decay at
-# our estimate of the paper's cumulative strength, full fine-tuning's slope across layers is negative in both the
-# query and the value matrices, and it stays negative when a rescaling that leaves the network's outputs unchanged
+# our estimate of the paper's cumulative strength, full fine-tuning's slope across layers in the short regime is
+# negative in both the query and the value matrices (in the long regime only its value slope is; its query slope is
+# not negative), and it stays negative when a rescaling that leaves the network's outputs unchanged
 # moves the large row norms to other layers: decay ties each layer's ΔM to its row norm, and FT's ΔD falls with the
 # norm. LoRA's slope stays positive (decay never reaches its frozen `W0`). DoRA's evidence is weaker: its query slope
 # rests on a single layer and turns positive under the rescaling, and its value slope excludes zero in some
-# conditions only. The paper's own account (its §4.2) predicts fewer of the settled signs than the decay account.
+# conditions only. The paper's own account (its §4.2) and the decay account predict the same sign for most settled
+# runs (LoRA, and FT with decay), so those runs cannot tell them apart; the ones that do are runs without any weight
+# decay, a setting outside the paper's own training (which used decay), and there the settled signs are the decay
+# account's, not §4.2's. That rests on a few runs, and says nothing about which account holds in the paper's runs.
 # All of this is six layers of one small model, one seed per run, with the paper's decay compressed into a few hundred
 # steps: a mechanism that produces the paper's signs here, not proof that it produced them in the paper's runs.
 
@@ -243,4 +248,9 @@ if not_read:
 # * **Raschka's appendix E** — Sebastian Raschka, *Build a Large Language Model (From Scratch)*, appendix E,
 #   "Parameter-efficient fine-tuning with LoRA" (code: [github.com/rasbt/LLMs-from-scratch](https://github.com/rasbt/LLMs-from-scratch)).
 #   The same from-scratch approach on a GPT model, for the book's chapter-6 spam classifier: a second, gentler
-#   walk through notebooks 01–02.
+#   walk through notebooks 01–02. Its LoRA layer scales the update by `α`, not `α/r`, so changing `r` also changes
+#   how large the update is (notebook 01 §3 shows what that does).
+# * **Raschka's DoRA article** — Sebastian Raschka, 2024, "Improving LoRA: Implementing Weight-Decomposed Low-Rank
+#   Adaptation (DoRA) from Scratch". LoRA and then DoRA built step by step on a small network, with diagrams. Read its
+#   code with notebook 03 §1 at hand: it takes the magnitude's norm over `dim=0` of `nn.Linear.weight`, one norm per
+#   input column, the axis notebook 03 §1 shows to be the wrong one (the paper's "column" norm is `dim=1` there).
