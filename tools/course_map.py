@@ -87,7 +87,7 @@ def headline_results() -> str:
                 f"{100 * dora['lora']['test accuracy']:.1f} % (one seed, 1,000 test tweets: under ~2 points is not resolved) | "
                 "DoRA: \"consistently outperforms LoRA\" (LLaMA, LLaVA, VL-BART) |")
     ratio = json.loads((ROOT / "bench" / "results.json").read_text())["ratios"]["DoRA detached / not detached memory"]
-    rows.append(f"| DoRA's memory with its norm detached (`make bench`) | {signed(100 * (ratio - 1), 1)} % | −24.4 % (LLaMA-7B), "
+    rows.append(f"| DoRA's training-step memory with its norm detached, `lowrank.DoRALinear` (detach plus a recomputed product; `make bench`; notebook 03's plain detach saves less) | {signed(100 * (ratio - 1), 1)} % | −24.4 % (LLaMA-7B), "
                 "−12.4 % (VL-BART) |")
     points = [p for p in _read_csv("04_points.csv") if p["module"].endswith("q_lin")]
     study = {(r["method"]): r for r in _read_csv("05_ablation_correlations.csv")
