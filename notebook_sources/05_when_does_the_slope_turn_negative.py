@@ -684,8 +684,8 @@ for (condition, method) in dict.fromkeys((r["condition"], r["method"]) for r in 
 #
 # How much of the above would a re-run change? `figures/05_replicate/` holds an earlier run of the same 13 runs by
 # the same command (at commit `c3c3f89`): same data, order, seed, settings and adapter initialisation, but made before
-# `lowrank.train` ran each batch in length groups with a fused AdamW (the practitioner notebook
-# [A1](in_practice/A1_speed_and_precision.ipynb) shows both), and before the LoRA and DoRA
+# `lowrank.train` changed how it splits a batch and steps the optimizer (speed changes, shown in the practitioner
+# notebook [A1](in_practice/A1_speed_and_precision.ipynb)), and before the LoRA and DoRA
 # layers' forward was rearranged (the same maths in another order), so dropout drew other random numbers and the
 # arithmetic rounded differently. That is a re-run, not a new seed; two runs cannot give a spread,
 # but they show which signs move. Three of the most-read statistics, query matrices, this run beside the replicate
