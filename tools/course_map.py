@@ -99,8 +99,8 @@ def headline_results() -> str:
         if method in study:
             s = study[method]
             line += (f"; {signed(float(s['value']))} [{signed(float(s['low']))}, {signed(float(s['high']))}] within checkpoints, "
-                     "with weight decay at our estimate of the paper's cumulative strength (notebook 05's study, "
-                     "short regime)")
+                     "with weight decay at our estimate of the paper's cumulative strength, compressed into a few "
+                     "hundred steps, so each step decays far more than the paper's (notebook 05's study, short regime)")
         rows.append(line + f" | {signed(quoted)} (VL-BART; the paper names neither the statistic nor how the points were combined) |")
     return "\n".join(rows)
 
