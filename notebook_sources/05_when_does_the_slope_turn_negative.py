@@ -169,10 +169,12 @@ print(f"1 - cos:     measured {row.dd_measured:.3e}; first order {row.dd_first_o
 # * `short` (250 steps) and `long` (600 steps, FT at lr 3e-4) regimes; `wd0` (no decay) and `wd_paper` (the
 #   estimates above);
 # * `long_wd_paper_m_exempt`: DoRA with its magnitude exempt from decay;
-# * `short_wd_paper_x0.5`, `_x2`: half and twice the estimate (the dose–response of section 5);
+# * `short_wd_paper_x0.25`, `_x0.5`, `_x2`: a quarter, half and twice the estimate (the dose–response of section 5);
 # * `short_wd_paper_swap`, `short_wd0_swap`: the causal test of section 4;
 # * `short_wd_paper_alpha32`, `short_wd0_alpha32`: LoRA at the α its quoted baseline used, with and without decay;
-# * `short4x_wd_paper`: compression, the same `λ·Σlr` over 4× the steps (section 5).
+# * `short4x_wd_paper`: compression, the same `λ·Σlr` over 4× the steps (section 5);
+# * `short4x_wd0`, `short_lr4x_wd0`, `short_lr10x_wd0`: FT without decay, 4× the steps alone or 4× and 10× the learning
+#   rate alone (regime size, section 5).
 
 # %%
 def rms_weight(condition, method):
@@ -358,12 +360,12 @@ show_robust(robust, conditions=[c for pair in SWAPS for c in pair], methods=("FT
 # ## 5. Dose–response: the correlation against the cumulative decay
 #
 # If decay makes the negative slope, the cross-layer correlation should move towards −1 as `λ·Σlr` grows from 0,
-# and stay there. The short regime at 0, ½, 1 and 2 times the paper's estimate (for DoRA, 2× is the batch-300
+# and stay there. The short regime at 0, ¼, ½, 1 and 2 times the paper's estimate (for DoRA, 2× is the batch-300
 # estimate of section 2), within-checkpoint Pearson with its layer-bootstrap interval:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-DOSES = {0.0: "short_wd0", 0.5: "short_wd_paper_x0.5", 1.0: "short_wd_paper", 2.0: "short_wd_paper_x2"}
+DOSES = {0.0: "short_wd0", 0.25: "short_wd_paper_x0.25", 0.5: "short_wd_paper_x0.5", 1.0: "short_wd_paper", 2.0: "short_wd_paper_x2"}
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
 for ax, method in zip(axes, ("FT", "DoRA")):
     for matrices, style in (("query", "-o"), ("value", "--s")):
@@ -434,6 +436,56 @@ for method in compressed:
 # this test cannot hold the amount of training fixed). The slopes kept their sign. The value slope, negative but not
 # settled at 250 steps (p 0.072), is settled at 1,000 (p 0.008); the query slope is negative and not settled at
 # both. FT's compression run is not yet measured.
+
+# %% [markdown]
+# **Regime size, one factor at a time.** Is the negative slope something a *larger* fine-tune produces by itself,
+# without decay? The long regime cannot say (it changed steps and learning rate together). FT without decay, from
+# the short regime (250 steps, lr 1e-4), with one factor changed: 4× the steps alone (`short4x_wd0`), or the
+# learning rate alone, 4× and 10× (`short_lr4x_wd0`, `short_lr10x_wd0`); the long regime beside them. For each, the
+# mean ΔD and ΔM of the query and value matrices at the last checkpoint, the test accuracy, and the within-checkpoint
+# correlations:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+SIZES = {"short_wd0": "baseline", "short4x_wd0": "steps ×4", "short_lr4x_wd0": "lr ×4", "short_lr10x_wd0": "lr ×10",
+         "long_wd0": "steps ×2.4 and lr ×3"}
+measured_sizes = [c for c in SIZES if f"{c}/FT" in runs]
+size_rows = {}
+for condition in measured_sizes:
+    run = runs[f"{condition}/FT"]
+    final = [r for r in points if (r["condition"], r["method"], r["step"]) == (condition, "FT", run["steps"])]
+    cells = {r.matrices: r for r in robust
+             if (r.condition, r.method, r.statistic) == (condition, "FT", "within checkpoints")}
+    size_rows[condition] = dict(run=run, cells=cells, **{
+        f"{q}_{k}": float(np.mean([r[k] for r in final if r["module"].endswith(suffix)]))
+        for q, suffix in (("query", "q_lin"), ("value", "v_lin")) for k in ("delta_d", "delta_m")})
+    row = size_rows[condition]
+    print(f"{condition:<17}{SIZES[condition]:<21}{run['steps']:>5} steps lr {run['lr']:.0e}  acc {run['test_accuracy']:.1%}  "
+          f"ΔD q {row['query_delta_d']:.2e} v {row['value_delta_d']:.2e}  ΔM q {row['query_delta_m']:+.4f}  "
+          + "  ".join(f"{m} {r.value:+.2f} [{r.low:+.2f}, {r.high:+.2f}] p {r.p_paper_sign:.3f}" for m, r in cells.items()))
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+for condition, row in size_rows.items():
+    for matrices, marker in (("query", "o"), ("value", "s")):
+        r = row["cells"][matrices]
+        axes[0].errorbar(row[f"{matrices}_delta_d"], r.value, yerr=[[r.value - r.low], [r.high - r.value]], fmt=marker,
+                         capsize=3, color=f"C{list(SIZES).index(condition)}",
+                         label=SIZES[condition] if matrices == "query" else None)
+    axes[1].plot(row["query_delta_d"], row["run"]["test_accuracy"], "o", color=f"C{list(SIZES).index(condition)}")
+    axes[1].annotate(SIZES[condition], (row["query_delta_d"], row["run"]["test_accuracy"]), fontsize=8,
+                     xytext=(4, 4), textcoords="offset points")
+axes[0].axhline(0, color="grey", lw=0.8)
+axes[0].set(xscale="log", xlabel="mean ΔD at the last checkpoint (circles query, squares value)",
+            ylabel="within-checkpoint Pearson (ΔD, ΔM)", title="FT without decay: slope against the size of the update")
+axes[0].legend(fontsize=8)
+axes[1].set(xscale="log", xlabel="mean query ΔD at the last checkpoint", ylabel="test accuracy",
+            title="FT without decay: accuracy against the size of the update")
+fig.tight_layout()
+fig.savefig(figure_path("05_regime_size.png"), dpi=110)
+plt.show()
+
+# %% [markdown]
+# REGIME_SIZE_READING
 
 # %% [markdown]
 # ## 6. The paper's own account, tested on the same runs
@@ -785,11 +837,12 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 #    `robust`, list the value-matrix rows that are settled in section 6's sense (the interval excludes zero and the
 #    exact p, in either direction, is below 0.05). Does section 1's account predict each sign?
 #    Check it run by run against the factor `c` of section 2's table.
-# 2. **A quarter of the decay** *(about 5 minutes on 2 cores in the full profile: one 250-step run; seconds in
-#    quick)*. Predict, then measure: DoRA at a quarter of the paper's decay estimate (`λ·Σlr = 0.075`). Run
+# 2. **An eighth of the decay** *(about 5 minutes on 2 cores in the full profile: one 250-step run; seconds in
+#    quick)*. Section 5's dose–response switched sign by a quarter of the estimate. Predict, then measure: DoRA at an
+#    eighth of the paper's decay estimate (`λ·Σlr = 0.0375`). Run
 #    ```python
-#    quarter = figure2.Condition("short_wd_paper_x0.25", figure2.SHORT, "paper", methods=("DoRA",), decay_scale=0.25)
-#    figure2.run_study(Path("my_study"), [quarter])
+#    eighth = figure2.Condition("short_wd_paper_x0.125", figure2.SHORT, "paper", methods=("DoRA",), decay_scale=0.125)
+#    figure2.run_study(Path("my_study"), [eighth])
 #    show_robust(figure2.read_robustness(Path("my_study") / figure2.ROBUSTNESS_FILE))
 #    ```
 #    and place the result on section 5's dose–response figure. (`run_study` skips a condition whose name it already
