@@ -12,9 +12,10 @@ which layers hold the large row norms (:func:`reverse_row_norms`) — and record
 with its layer-bootstrap interval, exact permutation p-value and leave-one-layer-out range
 (:func:`robust_table`).
 
-Run it once (Ctrl-C keeps finished runs, a re-run resumes; each run takes a few minutes on one core)::
+Run it once (Ctrl-C keeps finished runs, a re-run resumes; each run takes a few minutes on one core; ``--jobs 2``
+trains two runs at a time, one per core, as ``make study`` does)::
 
-    python -m lowrank.figure2 --out figures/
+    python -m lowrank.figure2 --out figures/ --jobs 2
 
 It writes ``05_ablation_points.csv`` (columns ``condition, method, module, layer, step,
 delta_m, delta_d``), ``05_ablation_mechanism.csv``, ``05_ablation_runs.json`` and ``05_robustness.csv``.
@@ -408,18 +409,41 @@ def points_of(rows: Sequence[Mapping], condition: str, method: str,
             and r["module"].endswith(module_suffix)]
 
 
-def run_study(out: Path, conditions: Sequence[Condition] = CONDITIONS, train_size: int = 8000,
-              eval_size: int = 1000, progress: bool = True) -> dict[str, RunRecord]:
-    """Run every (condition, method) not yet in ``out``, saving after each; return all records.
+_WORKER: dict = {}
 
-    Finished runs are skipped, so an interrupted study (Ctrl-C) resumes where it stopped.
-    """
-    from tqdm.auto import tqdm
 
+def _load_study_inputs(train_size: int, eval_size: int) -> tuple:
     from lowrank.backbone import load_backbone
     from lowrank.data import load_sentiment
     from lowrank.training import tokenize
 
+    model, tokenizer = load_backbone(EMBEDDED)
+    data = tokenize(load_sentiment(EMBEDDED, train_size=train_size, eval_size=eval_size, seed=0), tokenizer, 64)
+    return model, data
+
+
+def _start_worker(train_size: int, eval_size: int, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER["inputs"] = _load_study_inputs(train_size, eval_size)
+
+
+def _run_in_worker(condition: Condition, method: str):
+    model, data = _WORKER["inputs"]
+    return run_one(condition, method, model, data, progress=False)
+
+
+def run_study(out: Path, conditions: Sequence[Condition] = CONDITIONS, train_size: int = 8000,
+              eval_size: int = 1000, progress: bool = True, jobs: int = 1) -> dict[str, RunRecord]:
+    """Run every (condition, method) not yet in ``out``, saving after each; return all records.
+
+    Finished runs are skipped, so an interrupted study (Ctrl-C) resumes where it stopped. ``jobs`` > 1 trains that
+    many runs at once, each in its own process on ``cores // jobs`` torch threads; this process alone writes the files,
+    after each run finishes (the runs are seeded, so a run's result does not depend on ``jobs`` at one thread each).
+    """
+    from tqdm.auto import tqdm
+
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     out.mkdir(parents=True, exist_ok=True)
     points_path, mechanism_path, runs_path = out / POINTS_FILE, out / MECHANISM_FILE, out / RUNS_FILE
     records = {key: RunRecord(**value) for key, value in
@@ -430,24 +454,49 @@ def run_study(out: Path, conditions: Sequence[Condition] = CONDITIONS, train_siz
     if not todo:
         print(f"all {len(records)} runs already in {runs_path}")
         return records
-    model, tokenizer = load_backbone(EMBEDDED)
-    data = tokenize(load_sentiment(EMBEDDED, train_size=train_size, eval_size=eval_size, seed=0), tokenizer, 64)
-    bar = tqdm(todo, desc="study", disable=not progress)
+
+    def save(condition: Condition, method: str, points, rows, record: RunRecord) -> None:
+        nonlocal point_rows, mechanism
+        point_rows = [r for r in point_rows if not (r["condition"] == condition.name and r["method"] == method)]
+        point_rows += [{"condition": condition.name, **asdict(p)} for p in points]
+        mechanism = [r for r in mechanism if not (r["condition"] == condition.name and r["method"] == method)]
+        mechanism += [asdict(r) for r in rows]
+        records[f"{condition.name}/{method}"] = record
+        # Points first, the run record last: a run counts as done only once its rows are on disk.
+        _write_atomically(points_path, _csv_text(POINT_COLUMNS, point_rows))
+        _write_atomically(mechanism_path, _csv_text(MECHANISM_COLUMNS, mechanism))
+        _write_atomically(runs_path, json.dumps({k: asdict(v) for k, v in records.items()}, indent=1) + "\n")
+        print(f"{condition.name} {method}: {record.seconds:.0f} s, test accuracy {record.test_accuracy:.1%}, "
+              f"c = {record.row_norm_decay_factor:.3f}", flush=True)
+
+    bar = tqdm(total=len(todo), desc="study", disable=not progress)
+    jobs = min(jobs, len(todo))
     try:
-        for condition, method in bar:
-            bar.set_postfix_str(f"{condition.name} {method}")
-            points, rows, record = run_one(condition, method, model, data, progress=progress)
-            point_rows = [r for r in point_rows if not (r["condition"] == condition.name and r["method"] == method)]
-            point_rows += [{"condition": condition.name, **asdict(p)} for p in points]
-            mechanism = [r for r in mechanism if not (r["condition"] == condition.name and r["method"] == method)]
-            mechanism += [asdict(r) for r in rows]
-            records[f"{condition.name}/{method}"] = record
-            # Points first, the run record last: a run counts as done only once its rows are on disk.
-            _write_atomically(points_path, _csv_text(POINT_COLUMNS, point_rows))
-            _write_atomically(mechanism_path, _csv_text(MECHANISM_COLUMNS, mechanism))
-            _write_atomically(runs_path, json.dumps({k: asdict(v) for k, v in records.items()}, indent=1) + "\n")
-            print(f"{condition.name} {method}: {record.seconds:.0f} s, test accuracy {record.test_accuracy:.1%}, "
-                  f"c = {record.row_norm_decay_factor:.3f}", flush=True)
+        if jobs == 1:
+            model, data = _load_study_inputs(train_size, eval_size)
+            for condition, method in todo:
+                bar.set_postfix_str(f"{condition.name} {method}")
+                save(condition, method, *run_one(condition, method, model, data, progress=progress))
+                bar.update()
+        else:
+            import multiprocessing
+            from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                                     initargs=(train_size, eval_size, threads)) as pool:
+                running = {pool.submit(_run_in_worker, c, m): (c, m) for c, m in todo}
+                try:
+                    while running:
+                        done, _ = wait(running, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            condition, method = running.pop(future)
+                            save(condition, method, *future.result())
+                            bar.update()
+                except BaseException:
+                    for future in running:
+                        future.cancel()
+                    raise
     except KeyboardInterrupt:
         print(f"interrupted: {len(records)} runs saved in {out}; run the same command again to resume")
         return records
@@ -462,6 +511,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("figures"), help="folder for the CSVs and JSON")
     parser.add_argument("--only", nargs="+", help="run only these conditions (names as in the CSV)")
     parser.add_argument("--quick", action="store_true", help="a tiny version of one condition (seconds)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once, each in its own process on cores/jobs threads (2 on a 2-core CPU)")
     parser.add_argument("--analyse", action="store_true",
                         help=f"only (re)write {ROBUSTNESS_FILE} from the points already in --out (no training)")
     args = parser.parse_args(argv)
@@ -475,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if unknown:
             raise SystemExit(f"unknown condition(s) {unknown}; choose from {[c.name for c in known]}")
         conditions = tuple(c for name in args.only for c in known if c.name == name)
-    run_study(args.out, conditions, **({"train_size": 512, "eval_size": 256} if args.quick else {}))
+    run_study(args.out, conditions, jobs=args.jobs, **({"train_size": 512, "eval_size": 256} if args.quick else {}))
 
 
 

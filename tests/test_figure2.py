@@ -166,3 +166,26 @@ def test_dose_scales_lambda_and_the_swap_is_recorded():
 
 def test_ranks_put_the_largest_first():
     assert figure2.ranks([0.2, 0.9, 0.5]) == [3, 1, 2]
+
+
+def test_study_in_two_processes_gives_what_one_gives(tmp_path):
+    # Two runs trained at once in worker processes, the parent writing: same points and records as one at a time.
+    tiny = figure2.Regime("tiny", steps=12, batch_size=2, lr={"FT": 1e-3, "DoRA": 1e-3})
+    conditions = [figure2.Condition("tiny_wd_paper", tiny, "paper", methods=("FT", "DoRA"))]
+    sizes = dict(train_size=32, eval_size=16, progress=False)
+    one = figure2.run_study(tmp_path / "one", conditions, jobs=1, **sizes)
+    two = figure2.run_study(tmp_path / "two", conditions, jobs=2, **sizes)
+    assert one.keys() == two.keys() == {"tiny_wd_paper/FT", "tiny_wd_paper/DoRA"}
+    for key in one:
+        assert one[key].test_accuracy == two[key].test_accuracy
+        assert one[key].weight_decay == two[key].weight_decay
+    rows = {name: figure2.read_csv(tmp_path / name / figure2.POINTS_FILE) for name in ("one", "two")}
+    order = lambda r: (r["method"], r["module"], r["step"])  # noqa: E731
+    first, second = (sorted(rows[name], key=order) for name in ("one", "two"))
+    assert len(first) == len(second) > 0
+    for a, b in zip(first, second):
+        assert order(a) == order(b)
+        assert a["delta_m"] == pytest.approx(b["delta_m"], rel=1e-4, abs=1e-9)
+        assert a["delta_d"] == pytest.approx(b["delta_d"], rel=1e-4, abs=1e-12)
+    assert (tmp_path / "two" / figure2.ROBUSTNESS_FILE).exists()
+    assert figure2.run_study(tmp_path / "two", conditions, jobs=2, **sizes).keys() == two.keys()  # resumes: nothing to do
