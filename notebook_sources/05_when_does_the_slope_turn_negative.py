@@ -20,6 +20,15 @@
 # explanation it finds by moving the large row norms to other layers without changing what the network computes,
 # tests the paper's own explanation on the same runs, and says how much six layers can establish.
 #
+# **A first reading.** The idea fits in section 1: AdamW's weight decay shrinks every row of a decayed weight in
+# proportion to its norm, which changes the row's magnitude and never its direction, while a gradient step turns a
+# small row more than a large one. Where decay reaches the row norms (FT's weights, DoRA's magnitude vector), layers
+# with large norms therefore get large ΔM and small ΔD: a negative slope across layers. LoRA's decay cannot reach the
+# frozen weights, so its slope stays positive. Read section 1 (the idea, one equation), section 4 (a test that moves
+# the large norms to other layers without changing what the network computes) and section 10 (what the evidence
+# supports, and how strongly). Sections 2–3 and 5–9 are the evidence a researcher would check: settings, statistics
+# on six layers, doses, the paper's own account, re-runs.
+#
 # About 1 min in the full profile, 1 min in quick, on a 2-core laptop CPU ([measured how](../docs/runtimes.md));
 # the study it reads is made once by `make study`. To switch, set `profile="quick"` (or `"full"`) in the next cell
 # and run from the top.
@@ -34,6 +43,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import NullFormatter
 
 from lowrank import figure2
 from lowrank.magnitude_direction import pearson, spearman
@@ -61,7 +71,7 @@ print(f"study: {len(runs)} runs, {len(points):,} points, "
 # The study is made once by a command (Ctrl-C keeps the finished runs and the same command resumes; the per-run
 # times are in `figures/05_ablation_runs.json`):
 #
-#     python -m lowrank.figure2 --out figures/
+#     python -m lowrank.figure2 --out figures/ --jobs 2     # or: make study
 #
 # It writes `figures/05_ablation_points.csv` (one row per layer, matrix, checkpoint and run), the mechanism split of
 # section 1 (`05_ablation_mechanism.csv`) and every correlation with its robustness checks (`05_robustness.csv`),
@@ -121,7 +131,7 @@ print(f"1 - cos:     measured {row.dd_measured:.3e}; first order {row.dd_first_o
 # | setting | notebook 04 | this study |
 # |---|---|---|
 # | adapter rank r, α | 8, 16 (scaling 2) | 128, 128 (scaling 1; LoRA also at α = 32 in the `alpha32` conditions) |
-# | learning rate | FT 1e-4, LoRA and DoRA 2e-3 | FT 1e-4 (3e-4 in the long regime), LoRA and DoRA 1e-3 |
+# | learning rate | FT 1e-4, LoRA and DoRA 2e-3 | FT 1e-4 (3e-4 in the long regime; 4e-4 and 1e-3 in `short_lr4x`, `short_lr10x`), LoRA and DoRA 1e-3 |
 # | batch | the profile's (32) | 16 |
 # | steps | the profile's (250 in full) | 250 (`short`), 600 (`long`), 1,000 (`short4x`) |
 # | warm-up | 6 % | 10 % |
@@ -195,9 +205,13 @@ for key, run in runs.items():
 print(f"training time of all {len(runs)} runs, one core each: {sum(run['seconds'] for run in runs.values()) / 60:.0f} min")
 
 # %% [markdown]
-# The runs were made in two sittings, on a machine shared with other work, so `s/step` varies: the first 13 rows
-# (`short_wd0` to `long_wd_paper_m_exempt`) in one, the rest in a slower one with other processes on the same cores
-# (how times scale with the machine: [docs/runtimes.md](../docs/runtimes.md)).
+# The runs were made in three sittings, on machines shared with other work, so `s/step` varies: the first 13 rows
+# (`short_wd0` to `long_wd_paper_m_exempt`) in one; the next 11 in a slower one with other processes on the same
+# cores (fp32 `torch.mm` at 86 GFLOP/s on one loaded thread); the last six (FT's `short4x_wd_paper` to
+# `short_lr10x_wd0`) one after the other on one core of a machine whose fp32 `torch.mm` 2048³ ran at 122 GFLOP/s on
+# one thread, its other core busy with notebooks part of the time. Their sum, printed above, is the study's training
+# time on one core; `make study` trains two runs at a time on a 2-core CPU, about half that in wall time (how times
+# scale with the machine: [docs/runtimes.md](../docs/runtimes.md)).
 #
 # `max|Δlogit|` is the largest change of the classifier's output, on 64 test sentences before training, between the
 # pretrained model and the run's starting model (with its adapters added, and rescaled under a swap): the check that
@@ -387,13 +401,15 @@ fig.savefig(figure_path("05_dose_response.png"), dpi=110)
 plt.show()
 
 # %% [markdown]
-# **What the dose does.** The sign switches between no decay and half the estimate and then stays: for FT the
-# correlations at ½, 1 and 2 times the estimate are all strongly negative with intervals that exclude zero, and they do
-# not grow more negative with the dose. So the response has saturated by ½× (the study has no dose between 0 and ½;
-# exercise 2 adds ¼× for DoRA), which fits section 1: once decay's part of ΔM outweighs the gradient's, the ranks of
-# ΔM are the ranks of the norms, and more decay only scales them. DoRA's query slope is negative at every non-zero
-# dose but never settled. Its value slope is settled at ½× only, and it *weakens* as the dose grows from ½× (the `DoRA
-# value` line above): at 2×, the batch-300 estimate, its interval spans zero. Four doses on six layers do not show why.
+# **What the dose does.** The sign switches between no decay and a quarter of the estimate and then stays: for FT
+# the correlations at ¼, ½, 1 and 2 times the estimate are all strongly negative with intervals that exclude zero and
+# exact p from 0.003 to 0.013, and they do not grow more negative with the dose. So the response has saturated by ¼×
+# (exercise 2 measures ⅛× for DoRA), which fits section 1: once decay's part of ΔM outweighs the gradient's, the
+# ranks of ΔM are the ranks of the norms, and more decay only scales them. DoRA's query slope is negative at every
+# non-zero dose but settled at none (p from 0.050 to 0.103, every interval spans zero). Its value slope is settled at
+# ¼× and ½× and *weakens* steadily as the dose grows (the `DoRA value` line: −0.93, −0.87, −0.70, −0.43 from ¼× to
+# 2×): at 1× its p is 0.072, and at 2×, the batch-300 estimate, its interval spans zero. Five doses on six layers do
+# not show why.
 
 # %% [markdown]
 # **Compression.** Packing `λ·Σlr` into 250 steps makes each step's decay far stronger than the paper's (section 2),
@@ -431,11 +447,13 @@ for method in compressed:
               + "  ".join(f"{r.matrices} {r.value:+.2f} [{r.low:+.2f}, {r.high:+.2f}] p {r.p_paper_sign:.3f}" for r in cells))
 
 # %% [markdown]
-# For DoRA, spreading the same `λ·Σlr` over 4× the steps left ΔM where `c` puts it, lowered decay's share of ΔM, and
-# moved the weights' directions further (4× the steps at the same learning rate is also 4× the gradient's `Σlr`, so
-# this test cannot hold the amount of training fixed). The slopes kept their sign. The value slope, negative but not
-# settled at 250 steps (p 0.072), is settled at 1,000 (p 0.008); the query slope is negative and not settled at
-# both. FT's compression run is not yet measured.
+# Spreading the same `λ·Σlr` over 4× the steps left ΔM where `c` puts it and moved the weights' directions further
+# (4× the steps at the same learning rate is also 4× the gradient's `Σlr`, so this test cannot hold the amount of
+# training fixed); it lowered decay's share of ΔM for DoRA (97 % to 87 %) and hardly for FT (99 % to 98 %). Every
+# slope kept its sign. FT's query and value slopes are settled at both lengths (over 1,000 steps: −0.84, p 0.006, and
+# −0.97, p 0.001). DoRA's value slope, negative but not settled at 250 steps (p 0.072), is settled at 1,000 (p 0.008);
+# its query slope is negative and not settled at both. Each step's decay is still far stronger than the paper's (λ
+# 0.599 against 0.01, the `λ` column), so this is one step towards the paper's per-step balance, not the whole way.
 
 # %% [markdown]
 # **Regime size, one factor at a time.** Is the negative slope something a *larger* fine-tune produces by itself,
@@ -472,20 +490,29 @@ for condition, row in size_rows.items():
                          capsize=3, color=f"C{list(SIZES).index(condition)}",
                          label=SIZES[condition] if matrices == "query" else None)
     axes[1].plot(row["query_delta_d"], row["run"]["test_accuracy"], "o", color=f"C{list(SIZES).index(condition)}")
-    axes[1].annotate(SIZES[condition], (row["query_delta_d"], row["run"]["test_accuracy"]), fontsize=8,
-                     xytext=(4, 4), textcoords="offset points")
+    diverged = " (diverged: chance)" if row["run"]["test_accuracy"] < 0.6 else ""
+    axes[1].annotate(SIZES[condition] + diverged, (row["query_delta_d"], row["run"]["test_accuracy"]), fontsize=8,
+                     xytext=(4, 4), textcoords="offset points", ha="right" if diverged else "left")
 axes[0].axhline(0, color="grey", lw=0.8)
 axes[0].set(xscale="log", xlabel="mean ΔD at the last checkpoint (circles query, squares value)",
             ylabel="within-checkpoint Pearson (ΔD, ΔM)", title="FT without decay: slope against the size of the update")
 axes[0].legend(fontsize=8)
 axes[1].set(xscale="log", xlabel="mean query ΔD at the last checkpoint", ylabel="test accuracy",
             title="FT without decay: accuracy against the size of the update")
+axes[1].xaxis.set_minor_formatter(NullFormatter())
 fig.tight_layout()
 fig.savefig(figure_path("05_regime_size.png"), dpi=110)
 plt.show()
 
 # %% [markdown]
-# REGIME_SIZE_READING
+# **What size alone does.** Without decay, a larger FT update did not turn the slope negative. 4× the steps (query
+# ΔD 3.97e-04 against 1.35e-04) left both slopes positive, the query interval spanning zero. 4× the learning rate
+# (query ΔD 1.26e-03) made both positive with intervals above zero, at a cost of test accuracy (84.1 % against
+# 88.0 %). 10× the learning rate broke the model: test accuracy 50.0 %, chance on these balanced classes, so its
+# ΔD of 5.19e-03 is that of a diverged run, not of a fine-tune (section 6 leaves it out of its tallies). The long
+# regime (steps and learning rate both larger) reached a query ΔD of 1.50e-03 at 88.9 %. So on this budget a healthy
+# FT stops at a query ΔD of about 1.5e-3, and within that range, by steps or by learning rate, a larger update made
+# the slope more positive, not negative. What would happen at the paper's far longer training, these runs cannot say.
 
 # %% [markdown]
 # ## 6. The paper's own account, tested on the same runs
@@ -560,13 +587,15 @@ for key, run in runs.items():
     paper = sign(figure2.PAPER_SIGN[run["method"]])
     decay = decay_predicts(run)
     is_settled = settled(r)
-    if is_settled:
+    diverged = run["test_accuracy"] < 0.6  # a model at chance: not a fine-tune, left out of the tallies
+    if is_settled and not diverged:
         for name, predicted in (("§4.2", paper), ("decay", decay)):
             tally[name][0] += predicted == sign(r.value)
             tally[name][1] += 1
     print(f"{run['condition']:<24}{run['method']:<6}{f'{r.value:+.2f} [{r.low:+.2f}, {r.high:+.2f}]':<29}"
           f"{'yes' if is_settled else 'no':<9}{paper:>5}{decay:>6}{gradient_r:>+24.2f}"
-          f"{'' if math.isnan(decay_r) else f'{decay_r:+.2f}':>21}")
+          f"{'' if math.isnan(decay_r) else f'{decay_r:+.2f}':>21}"
+          + (f"  diverged (test accuracy {run['test_accuracy']:.0%}): not counted" if diverged else ""))
 for name, (right, total) in tally.items():
     print(f"{name}: the predicted sign matches {right} of the {total} settled rows")
 
@@ -786,14 +815,15 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 #    long-regime FT's query, +0.94; section 7), before and after a rescale that reverses which layers hold the large
 #    norms without changing the network's outputs, and nowhere near that without decay (section 4).
 # 2. In the short regime, where a gradient step of Adam's size turns small rows more and FT's ΔD falls with the norm
-#    with or without decay, FT's cross-layer slope with decay is negative whichever layers hold the large norms and
-#    at every dose from ½ to 2 times the estimate, query and value (within-checkpoint Pearson with layer-bootstrap
-#    intervals that exclude zero and exact permutation p below 0.05, sections 4 and 5), while LoRA, whose decay never
-#    reaches `W0`, stays positive at either α; in the long regime FT's value slope is negative and settled but its
-#    query slope is not negative (section 3's table).
+#    with or without decay, FT's cross-layer slope with decay is negative whichever layers hold the large norms, at
+#    every dose from ¼ to 2 times the estimate and with the decay spread over 4× the steps, query and value
+#    (within-checkpoint Pearson with layer-bootstrap intervals that exclude zero and exact permutation p below 0.05,
+#    sections 4 and 5), while LoRA, whose decay never reaches `W0`, stays positive at either α; in the long regime
+#    FT's value slope is negative and settled but its query slope is not negative (section 3's table). Without decay,
+#    a larger FT update, by 4× the steps alone or 4× the learning rate alone, left the slope positive (section 5).
 # 3. DoRA's negative slope is weaker evidence: at the 1× estimate its query slope flips without layer 5, short and
 #    long (section 3), it turned positive under the swap, and it is settled at no dose; its value slope is settled at
-#    ½×, at 1× in the long regime, after the swap and over 4× the steps, but not at 1× or 2× in the short regime
+#    ¼× and ½×, at 1× in the long regime, after the swap and over 4× the steps, but not at 1× or 2× in the short regime
 #    (sections 3–5); the paper's own account (§4.2), which has no decay in it, predicts the wrong sign for every
 #    settled FT and DoRA query row without decay, while the decay account predicts every settled query row's sign,
 #    among which no decayed DoRA row (section 6's table and tallies). The rows that tell the two accounts apart are
@@ -801,11 +831,9 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 #
 # **Not yet measured** (they did not fit this study's CPU budget; each is one condition or one change away):
 #
-# * regime size one factor at a time: FT's ΔD pushed towards the paper's axis by steps alone and by learning rate
-#   alone, with accuracy beside it;
 # * the paper's AdamW ε = 1e-6 and clipping at 5, and DoRA training biases and layer norms as its script does;
-# * a quarter of the decay estimate (`short_wd_paper_x0.25`, exercise 2 runs DoRA's);
-# * compression for FT (`short4x_wd_paper`, FT, in `figure2.PENDING_CONDITIONS`);
+# * FT updates larger than a healthy run reaches on this budget (4× the learning rate already cost four points of
+#   accuracy, 10× diverged): the paper's far longer training may reach sizes these runs cannot;
 # * more than one seed: the replicate of section 9 differs only in dropout's random numbers and rounding.
 #
 # Limits: six layers per panel, one small model (all-MiniLM-L6-v2 in the DistilBERT layout), one task, one seed. The
@@ -837,8 +865,8 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 #    `robust`, list the value-matrix rows that are settled in section 6's sense (the interval excludes zero and the
 #    exact p, in either direction, is below 0.05). Does section 1's account predict each sign?
 #    Check it run by run against the factor `c` of section 2's table.
-# 2. **An eighth of the decay** *(about 5 minutes on 2 cores in the full profile: one 250-step run; seconds in
-#    quick)*. Section 5's dose–response switched sign by a quarter of the estimate. Predict, then measure: DoRA at an
+# 2. **An eighth of the decay** *(about 2 minutes in the full profile: one 250-step run, 110 s in the committed
+#    solution; seconds in quick)*. Section 5's dose–response switched sign by a quarter of the estimate. Predict, then measure: DoRA at an
 #    eighth of the paper's decay estimate (`λ·Σlr = 0.0375`). Run
 #    ```python
 #    eighth = figure2.Condition("short_wd_paper_x0.125", figure2.SHORT, "paper", methods=("DoRA",), decay_scale=0.125)
@@ -874,9 +902,14 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 # * "Decay is 99 % (short regime) and 92 % (long) of … FT's ΔM" → these shares come from a per-step decay far stronger
 #   than the paper's (section 2's `decay/Adam`) and describe these runs only.
 # * "Decay's effect depends only on λ·Σlr" → true of the shrink factor `c`, not of ΔD or of decay's share of ΔM;
-#   DoRA's slopes kept their sign with the decay spread over 4× the steps (section 5); FT's was not tested.
-# * "What does not produce it: a larger regime alone … size alone does not produce the paper's pattern" → dropped:
-#   the long regime changed steps and learning rate together, so it cannot say what size alone does.
+#   DoRA's and FT's slopes kept their sign with the decay spread over 4× the steps (section 5).
+# * "What does not produce it: a larger regime alone … size alone does not produce the paper's pattern" → first
+#   dropped (the long regime changed steps and learning rate together), now measured one factor at a time: without
+#   decay, 4× the steps or 4× the learning rate left FT's slope positive, up to the largest update a healthy FT
+#   reached on this budget (section 5).
+# * "The response has saturated by ½× (the study has no dose between 0 and ½)" → by ¼×, now in the study for FT and
+#   DoRA; DoRA's value slope is settled at ¼× and ½× and weakens as the dose grows. Exercise 2 now asks for ⅛×.
+# * "FT's compression run is not yet measured" → measured: FT's slopes stay negative and settled over 4× the steps.
 # * "For LoRA … decay never reaches `W0`, so LoRA stayed positive" → still true, now also at α = 32.
 # * The value matrices were left out of the conclusions; they now stand beside the query matrices everywhere and
 #   are the clearer evidence (their norms differ more across layers).

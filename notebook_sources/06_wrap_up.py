@@ -159,7 +159,9 @@ if not_read:
 # negative in both the query and the value matrices (in the long regime only its value slope is; its query slope is
 # not negative), and it stays negative when a rescaling that leaves the network's outputs unchanged
 # moves the large row norms to other layers: decay ties each layer's ΔM to its row norm, and FT's ΔD falls with the
-# norm. LoRA's slope stays positive (decay never reaches its frozen `W0`). DoRA's evidence is weaker: its query slope
+# norm. Without decay, a larger FT update, by more steps alone or a higher learning rate alone, left its slope
+# positive up to the largest update a healthy run reached. LoRA's slope stays positive (decay never reaches its frozen
+# `W0`). DoRA's evidence is weaker: its query slope
 # rests on a single layer and turns positive under the rescaling, and its value slope excludes zero in some
 # conditions only. The paper's own account (its §4.2) and the decay account predict the same sign for most settled
 # runs (LoRA, and FT with decay), so those runs cannot tell them apart; the ones that do are runs without any weight
