@@ -18,7 +18,7 @@
 # Low-Rank Adaptation (Hu et al., 2021, [arXiv:2106.09685](https://arxiv.org/abs/2106.09685)) fine-tunes a
 # pretrained network by *freezing* every weight matrix `W` and learning a small update `ΔW = (α/r)·B·A` of rank at
 # most `r`. You will see why a low-rank update is enough, write the layer yourself, find out why it scales by `α/r`,
-# count what it trains, merge it away for inference, and run the mistakes of the article this course grew out of.
+# count what it trains, merge it away for inference, and check three mistakes common in LoRA code found online.
 #
 # About 2 min in the full profile, ½ min in quick, on a 2-core laptop CPU ([measured how](../docs/runtimes.md)).
 # To switch, pass `profile="quick"` (live class) or `"full"` (self-study, the saved outputs) in the next cell and
@@ -49,13 +49,17 @@ profile, model, tokenizer, data = setup.profile, setup.model, setup.tokenizer, s
 # Let us check that on the course's backbone (a DistilBERT-architecture model; notebook 02 says what it is).
 # We fine-tune all weights for a few steps, then compare how much of each matrix's energy (`‖·‖²_F`, the sum of its
 # squared singular values) its best rank-`r` approximation keeps: the update `ΔW = W_t − W_0` of each attention
-# query matrix, `W_0` itself, and a random matrix of the same shape.
+# query matrix, `W_0` itself, and a random matrix of the same shape. The best rank-`r` approximation keeps the `r`
+# largest singular values (the Eckart–Young theorem), so it keeps `(σ₁² + … + σᵣ²) / Σσ²` of the energy: a cumulative
+# sum, which `energy_captured` computes.
 
 # %% [markdown]
 # `train` below is the course's ordinary PyTorch training loop: batches of tokenized sentences, cross-entropy
-# loss, `loss.backward()`, an AdamW step, a learning rate that warms up and then decays. Notebook 02 writes the same
-# loop out line by line and checks that `train` does what it does; here it only fine-tunes every weight of a copy of
-# the model for a few steps, so that we have a real update `ΔW` to look at.
+# loss, `loss.backward()`, an AdamW step, a learning rate that warms up and then decays. Notebook 02 writes the core
+# of this loop out line by line (its section 3), then runs `train` on the same batches beside it (section 4); `train`
+# adds the warm-up and decay, a progress bar, and a forward pass in bfloat16 where the CPU computes it fast
+# (`autocast_dtype`; the optional notebook `in_practice/A1` explains). Here it only fine-tunes every weight of a copy
+# of the model for a few steps, so that we have a real update `ΔW` to look at.
 #
 # *Long cell* (about a minute in the full profile): a short fine-tune. Interrupting the kernel stops it.
 
@@ -107,8 +111,9 @@ plt.show()
 # matrix and the random one need a large share of their ranks; the fine-tuning update should need far fewer
 # directions than either, and the printed ranks say by how much. (How concentrated
 # depends on the run: a few steps of AdamW produce a noisy update; the printed numbers above are what
-# this run measured.) LoRA bets that a rank-`r` update is enough — and then learns it directly instead of
-# learning a full `ΔW` and compressing it.
+# this run measured.) A rank-8 LoRA cannot represent the rest of this update's energy (one minus the share printed
+# for rank 8); LoRA bets that the remainder matters little for the task, and then learns a rank-`r` update directly
+# instead of learning a full `ΔW` and compressing it.
 #
 # ## 2. The formula, with PyTorch's axes
 #
@@ -119,9 +124,9 @@ plt.show()
 #
 # * **One factor starts at zero** so that `W' = W` at step 0: training starts *exactly* at the pretrained
 #   model. The paper zeroes `B`, the factor applied last: "We use a random Gaussian initialization for A and zero
-#   for B, so ΔW = BA is zero at the beginning of training" (section 4.1). PEFT (Hugging Face's `peft` library,
-#   the usual way to add LoRA to a model; notebook 02 uses it) does the same but draws `A` Kaiming-uniform, and so
-#   does the layer below: `kaiming_uniform_(A, a=5 ** 0.5)` is how PyTorch initialises an `nn.Linear`'s weight by
+#   for B, so ΔW = BA is zero at the beginning of training" (section 4.1). The paper's own code (`loralib`) and PEFT
+#   (Hugging Face's `peft` library, the usual way to add LoRA to a model; notebook 02 uses it) zero `B` too but draw
+#   `A` Kaiming-uniform, and so does the layer below: `kaiming_uniform_(A, a=5 ** 0.5)` is how PyTorch initialises an `nn.Linear`'s weight by
 #   default, and PEFT uses the same call for `A` (the `√5` is just that default's parameter).
 #   Then `B` receives a gradient at step 0 while `A` does not yet: for one input `x` written as a column vector
 #   (so `y = W x + b`) with output gradient `g = ∂L/∂y`, `∂L/∂B = (α/r)·g·(A x)ᵀ`, an outer product of shape
@@ -215,15 +220,20 @@ print("trainable:", [name for name, p in mine.named_parameters() if p.requires_g
 # entry's step). `B·A` is a sum of `r` rank-one terms, column `j` of `B` times row `j` of `A`; each has about the
 # same size, and since the rows of `A` are random, independent directions, their sizes add like a random walk:
 # `‖ΔW‖` after one step grows like `s·√r`. Measure it (the plot checks the `√r`): one AdamW step on the same layer, same data, same learning rate, for several ranks,
-# with the three scalings in use: `s = α` (the seed article), `s = α/r` (LoRA paper, PEFT) and
+# with the three scalings in use: `s = α` (many from-scratch tutorials), `s = α/r` (LoRA paper, PEFT) and
 # `s = α/√r` (rsLoRA, Kalajdzievski 2023).
 
 # %%
-def first_step_update_norm(rank: int, scaling: float, seed: int = 0) -> float:
-    """‖ΔW‖_F / ‖W‖_F after one AdamW step (lr 1e-3) on a fixed regression task."""
+def first_step_update_norm(rank: int, scaling: float, seed: int = 0, a_std: float | None = None) -> float:
+    """‖ΔW‖_F / ‖W‖_F after one AdamW step (lr 1e-3) on a fixed regression task.
+
+    ``a_std``: draw A from a Gaussian of this standard deviation instead of the layer's Kaiming-uniform."""
     torch.manual_seed(seed)
     layer = lowrank.LoRALinear(nn.Linear(384, 384), rank=rank, alpha=1.0)
     layer.scaling = scaling
+    if a_std is not None:
+        with torch.no_grad():
+            layer.lora_A.normal_(std=a_std)
     optimizer = torch.optim.AdamW([layer.lora_A, layer.lora_B], lr=1e-3)
     x, target = torch.randn(64, 384), torch.randn(64, 384)
     F.mse_loss(layer(x), target).backward()
@@ -233,11 +243,11 @@ def first_step_update_norm(rank: int, scaling: float, seed: int = 0) -> float:
 
 alpha = 16
 rank_grid = [1, 2, 4, 8, 16, 32, 64]
-scalings = {"α (seed article)": lambda r: alpha, "α/r (LoRA, PEFT)": lambda r: alpha / r,
+scalings = {"α (Kaiming-uniform A)": lambda r: alpha, "α/r (LoRA, PEFT)": lambda r: alpha / r,
             "α/√r (rsLoRA)": lambda r: alpha / r ** 0.5}
 step_sizes = {label: [first_step_update_norm(r, s(r)) for r in rank_grid] for label, s in scalings.items()}
 for label, sizes in step_sizes.items():
-    print(f"{label:>17}: r=1 -> r=64 changes the first step by x{sizes[-1] / sizes[0]:.2f}")
+    print(f"{label:>21}: r=1 -> r=64 changes the first step by x{sizes[-1] / sizes[0]:.2f}")
 
 fig, ax = plt.subplots(figsize=(6, 3.4))
 for label, sizes in step_sizes.items():
@@ -283,13 +293,14 @@ for r in [1, 2, 4, 8, 16, 64, 256]:
 # %% [markdown]
 # And on the whole backbone, with adapters on the query and value projections of every layer (the paper's usual
 # choice: "we only apply LoRA to Wq and Wv in most experiments for simplicity", section 5) — the classification
-# head, freshly initialised, trains in full (notebook 02, section 2, says why).
+# head, freshly initialised, trains in full (notebook 02, section 2, says why). `lowrank.add_adapters` swaps the named
+# layers for LoRA layers and freezes the rest; notebook 02 §2 does the same by hand in a few lines.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 print(f"model (pretrained backbone + new classification head): {lowrank.count_parameters(model).total:,} parameters")
 for r in [1, 4, 8, 16, 64]:
-    adapted = lowrank.add_adapters(copy.deepcopy(model), ["q_lin", "v_lin"], method="lora", rank=r, alpha=2 * r)
+    adapted = lowrank.add_adapters(copy.deepcopy(model), ["q_lin", "v_lin"], method="lora", rank=r, alpha=16)  # α: no effect on counts
     adapter_only = sum(p.numel() for n, p in adapted.named_parameters() if "lora_" in n)
     print(f"r={r:>2}: {adapter_only:>9,} adapter parameters; with the head: {lowrank.count_parameters(adapted)}")
 
@@ -331,23 +342,26 @@ for name, seconds in latency.items():
 # extra work in each adapted layer: little arithmetic, but two thin matmuls, a scaling and an addition that run as
 # separate operations. Keep adapters unmerged to switch tasks cheaply; merge to deploy.
 #
-# ## 6. Three mistakes to recognise in LoRA code you find online
+# ## 6. Three things to check in LoRA code you find online
 #
 # This course grew out of a short blog article, "LoRA和DoRA" ("LoRA and DoRA", in Chinese, by 张广益, 16 May 2024),
-# which puts both into DistilBERT. Its LoRA code has three mistakes that many from-scratch tutorials share; now that
-# you have built the layer, each takes one look to spot, and each is run below. (Its DoRA code is run in notebook 03,
-# once DoRA is built.)
+# which puts both into DistilBERT; we call it the *seed article*. Its `LoRALayer` is, line for line, the one in
+# versions of Sebastian Raschka's LLMs-from-scratch appendix E (later versions draw `A` Kaiming-uniform), a layer many
+# tutorials copy. Now that you have built the layer, three things take one look each, and each is run below. (The
+# article's DoRA code is run in notebook 03, once DoRA is built.)
 #
-# 1. **Text and code disagree on the zero factor.** The text says "在初始化时，矩阵 A 为零矩阵，B 为随机的高斯分布"
-#    ("at initialisation, A is a zero matrix and B random Gaussian"); the code zeros the factor applied last (its
-#    `B`, `[r, out]`), like section 2. Either choice starts at `W' = W`; making *both* random does not. The two
-#    choices do not train alike: Hayou et al. (2024, "The Impact of Initialization on LoRA Finetuning Dynamics") find
-#    that "the first scheme (initializing B to zero and A to random) on average yields better performance compared to
-#    the other scheme".
-# 2. **It scales by `α`, not `α/r`**: its update is `r` times the LoRA paper's, so changing `r` silently changes the
-#    step size (section 3 measured it). The code runs and trains; it is a convention that makes ranks hard to compare.
-# 3. **A dropout that no layer receives**: the script sets `lora_dropout = 0.05` and passes it to no layer (and its
-#    example `forward` returns an undefined `logits`, so it cannot run as printed).
+# 1. **Which factor is zero.** The article's text says "在初始化时，矩阵 A 为零矩阵，B 为随机的高斯分布" ("at
+#    initialisation, A is a zero matrix and B random Gaussian"); its code zeros the factor applied last (its `B`,
+#    `[r, out]`), like section 2. Here the text is wrong, not the code. Either choice starts at `W' = W`; making *both*
+#    random does not. The two choices do not train alike: Hayou et al. (2024, "The Impact of Initialization on LoRA
+#    Finetuning Dynamics") find that "the first scheme (initializing B to zero and A to random) on average yields
+#    better performance compared to the other scheme".
+# 2. **The scaling.** It scales by `α`, not `α/r`: with the same factors, its update is `r` times the LoRA paper's.
+#    That is a convention, not a crash, but it ties the step size to `r`. Section 3 measured the first step with a
+#    Kaiming-uniform `A`, whose scale does not depend on `r`; the article draws `A` with standard deviation `1/√r`,
+#    which shrinks as `r` grows, and the cell below measures what that does to the first step.
+# 3. **Arguments that go nowhere.** The script sets `lora_dropout = 0.05` and passes it to no layer, so a model built
+#    this way trains without dropout.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -387,12 +401,17 @@ with torch.no_grad():
     paper.lora_A.copy_(seed_lora.A.T)
     paper.lora_B.copy_(seed_lora.B.T)
 x = torch.randn(5, 12)
-print("the seed's update is r = 4 times the LoRA paper's (α/r):",
+print("with the same factors, the seed's update is r = 4 times the LoRA paper's (α/r):",
       torch.allclose(seed_lora(x), 4 * paper.lora_branch(x), atol=1e-5))
+
+# Its A has standard deviation 1/√r: section 3's first-step measurement, with the seed's scaling α and the seed's A.
+seed_steps = [first_step_update_norm(r, alpha, a_std=1 / r ** 0.5) for r in rank_grid]
+print(f"scaling α, A drawn with std 1/√r (the seed's layer): r=1 -> r=64 changes the first step by "
+      f"x{seed_steps[-1] / seed_steps[0]:.2f}")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-# Mistake 3, and the example forward. The article sets `lora_dropout = 0.05`, then builds its layers with
+# Mistake 3. The article sets `lora_dropout = 0.05`, then builds its layers with
 # `partial(LinearWithLoRA, rank=lora_r, alpha=lora_alpha)`; `LinearWithLoRA(linear, rank, alpha)` passes them on to
 # its `LoRALayer`. What does that layer accept?
 import inspect
@@ -401,23 +420,15 @@ parameters = list(inspect.signature(SeedLoRALayer.__init__).parameters)[1:]
 print(f"SeedLoRALayer takes {parameters}: a dropout argument? {any('dropout' in p for p in parameters)}")
 
 
-def seed_forward(self, x):  # the article's example forward for a model with LoRA layers
-    x = self.linear_1(x) + self.lora_1(x)
-    x = F.relu(x)
-    x = self.linear_2(x) + self.lora_2(x)
-    return logits  # noqa: F821 - as in the article
-
-
-toy = nn.Module()
-toy.linear_1, toy.lora_1, toy.linear_2, toy.lora_2 = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2), nn.Linear(4, 2)
-try:
-    seed_forward(toy, torch.randn(1, 4))
-except NameError as error:
-    print("example forward:", type(error).__name__, "-", error)
-
 # %% [markdown]
 # So the article's `lora_dropout = 0.05` is a variable that no layer receives: a model built this way would train
 # without dropout. In `lowrank`, `dropout` is an argument of every adapter and acts on the LoRA branch.
+#
+# And the scaling: with the seed's own `A` (standard deviation `1/√r`), the first step changes with `r` by the factor
+# printed above, far less than section 3's `s = α` with a Kaiming-uniform `A`: the shrinking `A` offsets the `√r`
+# growth at the first step. The step size then depends on two choices that must be changed together (the scale of
+# `A` and `s`); `α/r` with a rank-independent `A`, the paper's code and PEFT's, is what published LoRA
+# hyperparameters assume.
 #
 # **Next:** notebook 02 puts your layer into a pretrained model and fine-tunes it on sentiment.
 
@@ -428,13 +439,14 @@ except NameError as error:
 #   pretrained weights or a random matrix do (section 1's three curves): the bet LoRA makes.
 # * LoRA's layer is `W + (α/r)·B·A` with `A: [r, in]` random and `B: [out, r]` zero: it starts exactly at the base
 #   layer, only `B` gets a gradient at the first step, and your `MyLoRALinear` computes what `lowrank.LoRALinear` does.
-# * Scaling by the seed's `α` makes the first step grow with the rank; `α/r` (LoRA, PEFT) over-corrects, `α/√r`
-#   (rsLoRA) keeps it flat (section 3 measures all three).
+# * With a Kaiming-uniform `A`, scaling by `α` makes the first step grow with the rank; `α/r` (LoRA, PEFT)
+#   over-corrects, `α/√r` (rsLoRA) keeps it flat (section 3 measures all three).
 # * LoRA trains `r·(in + out)` numbers per matrix: with rank-8 adapters on the query and value matrices, the whole
 #   model trains about 1 % of its parameters, most of them the new head (section 4 prints the adapters alone).
 # * Merging writes `W + (α/r)·B·A` into a plain `nn.Linear`: same logits, and the base model's cost (section 5).
-# * Three mistakes to spot in LoRA code found online, run on the seed article's: text and code disagree on which
-#   factor is zero, it scales by `α` (`r` times the paper's update), and its dropout reaches no layer.
+# * Three things to check in LoRA code found online, run on the seed article's: its text and code disagree on which
+#   factor is zero, it scales by `α` (with the same factors, `r` times the paper's update), and its dropout reaches
+#   no layer.
 #
 # ## Exercises
 #

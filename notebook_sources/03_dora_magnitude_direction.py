@@ -122,7 +122,6 @@ plt.show()
 # 3. its magnitude `m` is `[1, in]`: one entry per *input* feature, and it broadcasts silently on any shape;
 # 4. the article sets `lora_dropout = 0.05`, but `DoRALayer` takes no dropout argument: no layer ever drops out.
 #
-# (Its example `forward`, which returns a name it never defines, was run in notebook 01 §6 with the LoRA part.)
 # A fifth mistake is not an error at all: it differentiates through `column_norm` (no detach), which costs the
 # memory that section 3 measures.
 

@@ -24,10 +24,17 @@
 # proportion to its norm, which changes the row's magnitude and never its direction, while a gradient step turns a
 # small row more than a large one. Where decay reaches the row norms (FT's weights, DoRA's magnitude vector), layers
 # with large norms therefore get large ΔM and small ΔD: a negative slope across layers. LoRA's decay cannot reach the
-# frozen weights, so its slope stays positive. Read section 1 (the idea, one equation), section 4 (a test that moves
-# the large norms to other layers without changing what the network computes) and section 10 (what the evidence
-# supports, and how strongly). Sections 2–3 and 5–9 are the evidence a researcher would check: settings, statistics
-# on six layers, doses, the paper's own account, re-runs.
+# frozen weights, so its slope stays positive. That is the account; the study finds it settled for FT in the short
+# regime, query and value, and for DoRA only in its value matrices at some doses, never in its query matrices
+# (section 10). (ΔM: the mean change of a row's norm; ΔD: the mean `1 − cos` between a row before and after;
+# notebook 04.)
+#
+# For a first pass, read section 1 (the idea, one equation), section 2's list of conditions and the last paragraph
+# of section 3 (what "settled" means), section 4 (a test that moves the large norms to other layers without
+# changing what the network computes) and section 10 (what the evidence supports, and how strongly). The rest is
+# the evidence a researcher would check: the settings (2), statistics on six layers (3), dose, compression and
+# regime size (5), the paper's own account (6; read it if you came for the DoRA paper), every statistic and the
+# mechanism (7), where the checkpoints sit (8), a re-run (9).
 #
 # About 1 min in the full profile, 1 min in quick, on a 2-core laptop CPU ([measured how](../docs/runtimes.md));
 # the study it reads is made once by `make study`. To switch, set `profile="quick"` (or `"full"`) in the next cell
@@ -206,12 +213,13 @@ print(f"training time of all {len(runs)} runs, one core each: {sum(run['seconds'
 
 # %% [markdown]
 # The runs were made in three sittings, on machines shared with other work, so `s/step` varies: the first 13 rows
-# (`short_wd0` to `long_wd_paper_m_exempt`) in one; the next 11 in a slower one with other processes on the same
-# cores (fp32 `torch.mm` at 86 GFLOP/s on one loaded thread); the last six (FT's `short4x_wd_paper` to
-# `short_lr10x_wd0`) one after the other on one core of a machine whose fp32 `torch.mm` 2048³ ran at 122 GFLOP/s on
-# one thread, its other core busy with notebooks part of the time. Their sum, printed above, is the study's training
-# time on one core; `make study` trains two runs at a time on a 2-core CPU, about half that in wall time (how times
-# scale with the machine: [docs/runtimes.md](../docs/runtimes.md)).
+# (`short_wd0` to `long_wd_paper_m_exempt`) in one; the next 11 in another, slower in its first four runs (1.3 to
+# 2.3 s/step) while other processes shared the cores; the last six (FT's `short4x_wd_paper` to `short_lr10x_wd0`)
+# one after the other on one core of a third machine, its other core busy with notebooks part of the time. The sum
+# printed above mixes the three machines and their loads: it is the order of the study's training time on one
+# core, not one machine's measurement. `make study` trains two runs at a time on a 2-core CPU, which should take
+# about half of it in wall time (not measured as one command; how times scale with the machine:
+# [docs/runtimes.md](../docs/runtimes.md)).
 #
 # `max|Δlogit|` is the largest change of the classifier's output, on 64 test sentences before training, between the
 # pretrained model and the run's starting model (with its adapters added, and rescaled under a swap): the check that
@@ -246,7 +254,8 @@ assert live_record.output_difference < 1e-4
 # * an **exact permutation p-value**: pair each layer's ΔD series with another layer's ΔM series, all 720 ways,
 #   and count how often the correlation is at least as far in the direction of the paper's sign for that method
 #   (negative for FT and DoRA, positive for LoRA) as the one measured. With six layers the smallest possible p is
-#   1/720 ≈ 0.0014;
+#   1/720 ≈ 0.0014. The tables print this one-sided p ("p (paper sign)" or just "p"), so a slope of the other sign
+#   shows a p near 1: that means "no evidence for the paper's sign", not "no evidence of a slope";
 # * **leave one layer out**: the range of the correlation over the six ways of dropping a layer, and which drops
 #   flip its sign.
 #
@@ -272,13 +281,13 @@ for condition, method in (("short_wd_paper", "FT"), ("short_wd_paper", "DoRA")):
 # %%
 # NBVAL_CHECK_OUTPUT
 def show_robust(rows, conditions=None, methods=figure2.METHODS, statistics=("within checkpoints", "last checkpoint")):
-    print(f"{'condition':<24}{'method':<6}{'matrices':<9}{'statistic':<20}{'Pearson [95% CI]':<23}{'p':>7}"
+    print(f"{'condition':<24}{'method':<6}{'matrices':<9}{'statistic':<20}{'Pearson [95% CI]':<23}{'p (paper sign)':>16}"
           f"{'leave one out':>18}  sign flips without layer")
     for r in rows:
         if (conditions and r.condition not in conditions) or r.method not in methods or r.statistic not in statistics:
             continue
         print(f"{r.condition:<24}{r.method:<6}{r.matrices:<9}{r.statistic:<20}"
-              f"{f'{r.value:+.2f} [{r.low:+.2f}, {r.high:+.2f}]':<23}{r.p_paper_sign:>7.3f}"
+              f"{f'{r.value:+.2f} [{r.low:+.2f}, {r.high:+.2f}]':<23}{r.p_paper_sign:>16.3f}"
               f"{f'[{r.loo_low:+.2f}, {r.loo_high:+.2f}]':>18}  {r.loo_sign_flips or '-'}")
 
 
@@ -408,13 +417,14 @@ plt.show()
 # ranks of ΔM are the ranks of the norms, and more decay only scales them. DoRA's query slope is negative at every
 # non-zero dose but settled at none (p from 0.050 to 0.103, every interval spans zero). Its value slope is settled at
 # ¼× and ½× and *weakens* steadily as the dose grows (the `DoRA value` line: −0.93, −0.87, −0.70, −0.43 from ¼× to
-# 2×): at 1× its p is 0.072, and at 2×, the batch-300 estimate, its interval spans zero. Five doses on six layers do
-# not show why.
+# 2×): at 1× its p is 0.072, and at 2×, the batch-300 estimate, its interval spans zero. So DoRA's value slope does
+# not do what this section predicted (move towards −1 and stay there); five doses on six layers do not show why.
 
 # %% [markdown]
 # **Compression.** Packing `λ·Σlr` into 250 steps makes each step's decay far stronger than the paper's (section 2),
 # so a decay share measured here need not hold there. "Decay's effect depends only on `λ·Σlr`" is exact for the
-# shrink factor `c`, not for ΔM and ΔD, which also depend on how the gradient steps interleave with the decay. The
+# shrink factor `c`, not for ΔD or decay's share of ΔM, which also depend on how the gradient steps interleave with
+# the decay. The
 # test: the same `λ·Σlr` over 4× the steps with λ 4× smaller (`short4x_wd_paper`, 1,000 steps), beside the 250-step
 # run. At the last checkpoint, query and value matrices: decay's share of ΔM (as in section 7), the paper's ΔM and
 # ΔD, and the within-checkpoint correlations:
@@ -480,17 +490,18 @@ for condition in measured_sizes:
     row = size_rows[condition]
     print(f"{condition:<17}{SIZES[condition]:<21}{run['steps']:>5} steps lr {run['lr']:.0e}  acc {run['test_accuracy']:.1%}  "
           f"ΔD q {row['query_delta_d']:.2e} v {row['value_delta_d']:.2e}  ΔM q {row['query_delta_m']:+.4f}  "
-          + "  ".join(f"{m} {r.value:+.2f} [{r.low:+.2f}, {r.high:+.2f}] p {r.p_paper_sign:.3f}" for m, r in cells.items()))
+          + "  ".join(f"{m} {r.value:+.2f} [{r.low:+.2f}, {r.high:+.2f}] p(paper sign) {r.p_paper_sign:.3f}"
+                      for m, r in cells.items()))
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
 for condition, row in size_rows.items():
+    diverged = " (collapsed to chance)" if row["run"]["test_accuracy"] < 0.6 else ""
     for matrices, marker in (("query", "o"), ("value", "s")):
         r = row["cells"][matrices]
         axes[0].errorbar(row[f"{matrices}_delta_d"], r.value, yerr=[[r.value - r.low], [r.high - r.value]], fmt=marker,
                          capsize=3, color=f"C{list(SIZES).index(condition)}",
-                         label=SIZES[condition] if matrices == "query" else None)
+                         label=SIZES[condition] + diverged if matrices == "query" else None)
     axes[1].plot(row["query_delta_d"], row["run"]["test_accuracy"], "o", color=f"C{list(SIZES).index(condition)}")
-    diverged = " (diverged: chance)" if row["run"]["test_accuracy"] < 0.6 else ""
     axes[1].annotate(SIZES[condition] + diverged, (row["query_delta_d"], row["run"]["test_accuracy"]), fontsize=8,
                      xytext=(4, 4), textcoords="offset points", ha="right" if diverged else "left")
 axes[0].axhline(0, color="grey", lw=0.8)
@@ -508,11 +519,13 @@ plt.show()
 # **What size alone does.** Without decay, a larger FT update did not turn the slope negative. 4× the steps (query
 # ΔD 3.97e-04 against 1.35e-04) left both slopes positive, the query interval spanning zero. 4× the learning rate
 # (query ΔD 1.26e-03) made both positive with intervals above zero, at a cost of test accuracy (84.1 % against
-# 88.0 %). 10× the learning rate broke the model: test accuracy 50.0 %, chance on these balanced classes, so its
-# ΔD of 5.19e-03 is that of a diverged run, not of a fine-tune (section 6 leaves it out of its tallies). The long
-# regime (steps and learning rate both larger) reached a query ΔD of 1.50e-03 at 88.9 %. So on this budget a healthy
-# FT stops at a query ΔD of about 1.5e-3, and within that range, by steps or by learning rate, a larger update made
-# the slope more positive, not negative. What would happen at the paper's far longer training, these runs cannot say.
+# 88.0 %). 10× the learning rate broke the model: test accuracy 50.0 %, chance on these balanced classes (it
+# collapsed to predicting one class, as a run that diverges does), so its ΔD of 5.19e-03 is not that of a fine-tune
+# (section 6 leaves it out of its tallies). The long
+# regime (steps and learning rate both larger) reached a query ΔD of 1.50e-03 at 88.9 %. So the healthy runs reached
+# a query ΔD of at most 1.5e-3, and within that range no larger update turned either slope negative: the value slope
+# rose from +0.27 to +0.97, and the query slope stayed between +0.75 and +0.95. What would happen at the paper's far
+# longer training, these runs cannot say.
 
 # %% [markdown]
 # ## 6. The paper's own account, tested on the same runs
@@ -538,8 +551,9 @@ plt.show()
 # suitable for various downstream tasks"; §4.2 ends by saying DoRA's pattern aligns "more closely with the pattern of
 # FT".) LoRA is outside it; the paper reads LoRA's positive slope as magnitude and direction changing
 # "proportionally". Nothing in it depends on weight decay, on which layers hold the large norms, or on the dose:
-# it predicts FT and DoRA negative, LoRA positive, **in every condition**. Its one assumption, equal update sizes,
-# does not hold across layers in general: layers are not updated by equal amounts.
+# read this way, it predicts FT and DoRA negative, LoRA positive, **in every condition**. Its assumptions, updates of
+# equal size and the start of training ("at time 0, we have ∆v = 0 and v′ = v"), do not hold across layers and
+# checkpoints in general: layers are not updated by equal amounts, and the checkpoints lie far from step 0.
 #
 # **What the decay account predicts** (section 1): FT and DoRA negative exactly where decay shrinks the parameter
 # that carries the row norm (`c < 1`), positive where it does not (no decay; DoRA's magnitude exempt); LoRA positive
@@ -554,7 +568,8 @@ plt.show()
 # them: a per-row test of eq. 9 would need the snapshots, which the study does not keep.
 #
 # Condition by condition, query matrices, within checkpoints (`settled`: the interval excludes 0 and the one-sided
-# p in the paper's direction, or against it, is below 0.05; only settled rows count in the tallies):
+# p in the paper's direction, or against it, is below 0.05; only settled rows count in the tallies, and not the run
+# that collapsed to chance):
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -606,14 +621,14 @@ for name, (right, total) in tally.items():
 # `§4.2` and `decay` columns differ: FT and DoRA with nothing decaying the row norm. The settled ones among them are
 # all runs *without any decay*, a setting outside the paper's own training, which used decay; there they are
 # positive, as the decay account predicts and §4.2 does not. So the difference between the two tallies rests on those
-# few rows, in a setting the paper never trained in: it says §4.2's "in every condition" does not hold once decay is
-# removed, not that §4.2 is wrong about the paper's runs. No decayed DoRA query row is settled, so the tallies say
+# few rows, in a setting the paper never trained in: it says the reading of §4.2 as holding in every condition fails
+# once decay is removed, not that §4.2 is wrong about the paper's runs. No decayed DoRA query row is settled, so the tallies say
 # nothing either way about DoRA's negative query slope.
 #
 # The second test, point estimates over six layers without intervals: the size of the gradient's part of ΔM rises
-# with ΔD across layers in most runs (a positive `r(ΔD, |gradient part|)`, against §4.2's trade-off). The exceptions
-# are three decayed DoRA runs in the short regime (`short_wd_paper`, its swap, `x2`), where it is near zero or
-# slightly negative, §4.2's direction. The size of decay's part falls with ΔD wherever decay acts, except FT in the
+# with ΔD across layers in most runs (a positive `r(ΔD, |gradient part|)`, against §4.2's trade-off). It is
+# negative, §4.2's direction, in three decayed DoRA runs in the short regime (`short_wd_paper` −0.02, its swap −0.13,
+# `x2` −0.30), and near zero in four FT runs (+0.03 to +0.15). The size of decay's part falls with ΔD wherever decay acts, except FT in the
 # long regime and DoRA after the swap, whose slopes are not settled; where decay is nearly all of ΔM, that column
 # is nearly the slope itself, so it adds little. None of this says eq. 9 is wrong for a single row at equal update
 # size; it says the across-layer slope of Figure 2 is not made by it in the settled runs here.
@@ -818,16 +833,18 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 #    with or without decay, FT's cross-layer slope with decay is negative whichever layers hold the large norms, at
 #    every dose from ¼ to 2 times the estimate and with the decay spread over 4× the steps, query and value
 #    (within-checkpoint Pearson with layer-bootstrap intervals that exclude zero and exact permutation p below 0.05,
-#    sections 4 and 5), while LoRA, whose decay never reaches `W0`, stays positive at either α; in the long regime
-#    FT's value slope is negative and settled but its query slope is not negative (section 3's table). Without decay,
+#    sections 4 and 5). LoRA, whose decay never reaches `W0`, stays positive at either α. In the long regime FT's
+#    value slope is negative and settled but its query slope is not negative (section 3's table). Without decay,
 #    a larger FT update, by 4× the steps alone or 4× the learning rate alone, left the slope positive (section 5).
 # 3. DoRA's negative slope is weaker evidence: at the 1× estimate its query slope flips without layer 5, short and
 #    long (section 3), it turned positive under the swap, and it is settled at no dose; its value slope is settled at
 #    ¼× and ½×, at 1× in the long regime, after the swap and over 4× the steps, but not at 1× or 2× in the short regime
-#    (sections 3–5); the paper's own account (§4.2), which has no decay in it, predicts the wrong sign for every
-#    settled FT and DoRA query row without decay, while the decay account predicts every settled query row's sign,
-#    among which no decayed DoRA row (section 6's table and tallies). The rows that tell the two accounts apart are
-#    all runs without decay, outside the paper's own training; on the rest both predict the same sign.
+#    (sections 3–5): at 2×, inside the range of the paper's own DoRA decay, neither DoRA slope is settled in the short
+#    regime. The paper's own account (§4.2, extended to FT as section 6 does), which has no decay in it, predicts the
+#    wrong sign for every settled FT and DoRA query row without decay, while the decay account predicts every settled
+#    query row's sign (no decayed DoRA query row is settled; section 6's table and tallies). The rows that tell the
+#    two accounts apart are all runs without decay, outside the paper's own training; on the rest both predict the
+#    same sign.
 #
 # **Not yet measured** (they did not fit this study's CPU budget; each is one condition or one change away):
 #
@@ -845,8 +862,9 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 # * To first order, weight decay changes a row's **magnitude** in proportion to its norm and never its **direction**,
 #   while a gradient step of Adam's size turns a small row more than a large one.
 # * Where the decayed parameter carries the row norm (FT's weights, DoRA's magnitude), decay at the paper's
-#   cumulative strength gave negative slopes across layers in the short regime (settled for FT; for DoRA's query
-#   matrices not); LoRA's decay cannot reach `W0`, so LoRA stayed positive.
+#   cumulative strength gave negative slopes across layers in the short regime (settled for FT; for DoRA not at 1× or
+#   2×: its value slope is settled only at ¼× and ½×, its query slope at no dose); LoRA's decay cannot reach `W0`, so
+#   LoRA stayed positive.
 # * A function-preserving rescale is a causal test for a mechanism that runs through the norms: it moves the norms
 #   and nothing the network computes.
 # * A correlation over six layers needs its effective sample said out loud, an exact permutation p, and
@@ -865,16 +883,17 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 #    `robust`, list the value-matrix rows that are settled in section 6's sense (the interval excludes zero and the
 #    exact p, in either direction, is below 0.05). Does section 1's account predict each sign?
 #    Check it run by run against the factor `c` of section 2's table.
-# 2. **An eighth of the decay** *(about 2 minutes in the full profile: one 250-step run, 110 s in the committed
-#    solution; seconds in quick)*. Section 5's dose–response switched sign by a quarter of the estimate. Predict, then measure: DoRA at an
+# 2. **An eighth of the decay** *(about 2 minutes in either profile: one 250-step run; the quick-profile solution
+#    runs a 12-step version instead)*. Section 5's dose–response switched sign by a quarter of the estimate. Predict, then measure: DoRA at an
 #    eighth of the paper's decay estimate (`λ·Σlr = 0.0375`). Run
 #    ```python
 #    eighth = figure2.Condition("short_wd_paper_x0.125", figure2.SHORT, "paper", methods=("DoRA",), decay_scale=0.125)
 #    figure2.run_study(Path("my_study"), [eighth])
 #    show_robust(figure2.read_robustness(Path("my_study") / figure2.ROBUSTNESS_FILE))
 #    ```
-#    and place the result on section 5's dose–response figure. (`run_study` skips a condition whose name it already
-#    finds in the folder.) In the quick profile the solution runs a 12-step version instead: enough to check the
+#    and place the result on section 5's dose–response figure: its rows are in `my_study/05_robustness.csv`, not in
+#    `robust`; append them to `robust` and add `0.125: "short_wd_paper_x0.125"` to `DOSES`. (`run_study` skips a
+#    condition whose name it already finds in the folder.) In the quick profile the solution runs a 12-step version instead: enough to check the
 #    arithmetic of `c`, not the correlations.
 
 # %% [markdown]
@@ -887,7 +906,7 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 # * "for LoRA and DoRA the paper's adapter settings: r = α = 128" → DoRA's α = 128 stands; the LoRA baseline the
 #   paper quotes used α = 32 (section 2; LoRA at α = 32 stays positive).
 # * "20 epochs at batch 500 … ten times that for the adapters" → DoRA's script uses batch 300 in all, so DoRA's
-#   `λ·Σlr` is about 0.4–0.75, not 0.3 (the `x2` condition is inside that range).
+#   `λ·Σlr` is about 0.40–0.73, not 0.3 (the `x2` condition is inside that range).
 # * "The paper's pooled Pearson values are in the last column" → the paper names neither its statistic nor its
 #   pooling.
 # * "What produces the paper's pattern here: weight decay at the paper's cumulative strength, read at late
@@ -896,7 +915,7 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 #   "late" adds no separate evidence.
 # * "With the paper's decay, FT and DoRA turn negative across layers in the short regime" → FT's query and value do,
 #   settled; DoRA's query at 1× is negative only with layer 5 in and is not settled at any dose; DoRA's value in the
-#   short regime is settled at ½× and after the swap, not at 1× (p 0.072) or 2×.
+#   short regime is settled at ¼×, ½×, after the swap and over 4× the steps, not at 1× (p 0.072) or 2×.
 # * "At the `late` placement, … the short regime has the paper's three signs in both runs" → true of the point
 #   estimates, but only FT's and LoRA's intervals exclude zero, and only two placements were tried.
 # * "Decay is 99 % (short regime) and 92 % (long) of … FT's ΔM" → these shares come from a per-step decay far stronger

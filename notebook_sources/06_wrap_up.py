@@ -250,8 +250,8 @@ if not_read:
 # * **Raschka's appendix E** — Sebastian Raschka, *Build a Large Language Model (From Scratch)*, appendix E,
 #   "Parameter-efficient fine-tuning with LoRA" (code: [github.com/rasbt/LLMs-from-scratch](https://github.com/rasbt/LLMs-from-scratch)).
 #   The same from-scratch approach on a GPT model, for the book's chapter-6 spam classifier: a second, gentler
-#   walk through notebooks 01–02. Its LoRA layer scales the update by `α`, not `α/r`, so changing `r` also changes
-#   how large the update is (notebook 01 §3 shows what that does).
+#   walk through notebooks 01–02. Its LoRA layer, in the versions of the repository we read, scales the update by
+#   `α`, not `α/r` (the seed article's layer is the same one; notebook 01 §3 and §6 show what that does).
 # * **Raschka's DoRA article** — Sebastian Raschka, 2024, "Improving LoRA: Implementing Weight-Decomposed Low-Rank
 #   Adaptation (DoRA) from Scratch". LoRA and then DoRA built step by step on a small network, with diagrams. Read its
 #   code with notebook 03 §1 at hand: it takes the magnitude's norm over `dim=0` of `nn.Linear.weight`, one norm per
