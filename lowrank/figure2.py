@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import itertools
 import json
 import math
 import os
@@ -485,18 +486,18 @@ def run_study(out: Path, conditions: Sequence[Condition] = CONDITIONS, train_siz
             threads = max(1, (os.cpu_count() or 1) // jobs)
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
                                      initargs=(train_size, eval_size, threads)) as pool:
-                running = {pool.submit(_run_in_worker, c, m): (c, m) for c, m in todo}
-                try:
-                    while running:
-                        done, _ = wait(running, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            condition, method = running.pop(future)
-                            save(condition, method, *future.result())
-                            bar.update()
-                except BaseException:
-                    for future in running:
-                        future.cancel()
-                    raise
+                # At most `jobs` runs handed to the pool at a time: a Ctrl-C (which reaches every worker) then leaves
+                # no queued run behind to start while the interrupted ones wind down.
+                waiting = iter(todo)
+                running = {pool.submit(_run_in_worker, c, m): (c, m) for c, m in itertools.islice(waiting, jobs)}
+                while running:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        condition, method = running.pop(future)
+                        save(condition, method, *future.result())
+                        bar.update()
+                        for c, m in itertools.islice(waiting, 1):
+                            running[pool.submit(_run_in_worker, c, m)] = (c, m)
     except KeyboardInterrupt:
         print(f"interrupted: {len(records)} runs saved in {out}; run the same command again to resume")
         return records

@@ -18,7 +18,8 @@
 # Low-Rank Adaptation (Hu et al., 2021, [arXiv:2106.09685](https://arxiv.org/abs/2106.09685)) fine-tunes a
 # pretrained network by *freezing* every weight matrix `W` and learning a small update `ΔW = (α/r)·B·A` of rank at
 # most `r`. You will see why a low-rank update is enough, write the layer yourself, find out why it scales by `α/r`,
-# count what it trains, merge it away for inference, and check three mistakes common in LoRA code found online.
+# count what it trains, merge it away for inference, and check three things in LoRA code found online, using the
+# article this course grew out of.
 #
 # About 2 min in the full profile, ½ min in quick, on a 2-core laptop CPU ([measured how](../docs/runtimes.md)).
 # To switch, pass `profile="quick"` (live class) or `"full"` (self-study, the saved outputs) in the next cell and
@@ -57,8 +58,8 @@ profile, model, tokenizer, data = setup.profile, setup.model, setup.tokenizer, s
 # `train` below is the course's ordinary PyTorch training loop: batches of tokenized sentences, cross-entropy
 # loss, `loss.backward()`, an AdamW step, a learning rate that warms up and then decays. Notebook 02 writes the core
 # of this loop out line by line (its section 3), then runs `train` on the same batches beside it (section 4); `train`
-# adds the warm-up and decay, a progress bar, and a forward pass in bfloat16 where the CPU computes it fast
-# (`autocast_dtype`; the optional notebook `in_practice/A1` explains). Here it only fine-tunes every weight of a copy
+# adds the warm-up and decay, a progress bar and, when the caller passes `autocast_dtype` (as the cell below does), a
+# forward pass in bfloat16 where the CPU computes it fast (the optional notebook `in_practice/A1` explains). Here it only fine-tunes every weight of a copy
 # of the model for a few steps, so that we have a real update `ΔW` to look at.
 #
 # *Long cell* (about a minute in the full profile): a short fine-tune. Interrupting the kernel stops it.
@@ -294,7 +295,8 @@ for r in [1, 2, 4, 8, 16, 64, 256]:
 # And on the whole backbone, with adapters on the query and value projections of every layer (the paper's usual
 # choice: "we only apply LoRA to Wq and Wv in most experiments for simplicity", section 5) — the classification
 # head, freshly initialised, trains in full (notebook 02, section 2, says why). `lowrank.add_adapters` swaps the named
-# layers for LoRA layers and freezes the rest; notebook 02 §2 does the same by hand in a few lines.
+# layers for LoRA layers and freezes everything else except the classification head; notebook 02 §2 does the same by
+# hand in a few lines.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -357,10 +359,10 @@ for name, seconds in latency.items():
 #    Finetuning Dynamics") find that "the first scheme (initializing B to zero and A to random) on average yields
 #    better performance compared to the other scheme".
 # 2. **The scaling.** It scales by `α`, not `α/r`: with the same factors, its update is `r` times the LoRA paper's.
-#    That is a convention, not a crash, but it ties the step size to `r`. Section 3 measured the first step with a
+#    That is a convention, not a crash, but `α` values do not carry over between the two conventions. Section 3 measured the first step with a
 #    Kaiming-uniform `A`, whose scale does not depend on `r`; the article draws `A` with standard deviation `1/√r`,
 #    which shrinks as `r` grows, and the cell below measures what that does to the first step.
-# 3. **Arguments that go nowhere.** The script sets `lora_dropout = 0.05` and passes it to no layer, so a model built
+# 3. **A setting that goes nowhere.** The script sets `lora_dropout = 0.05` and passes it to no layer, so a model built
 #    this way trains without dropout.
 
 # %%

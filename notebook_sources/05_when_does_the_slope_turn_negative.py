@@ -24,10 +24,10 @@
 # proportion to its norm, which changes the row's magnitude and never its direction, while a gradient step turns a
 # small row more than a large one. Where decay reaches the row norms (FT's weights, DoRA's magnitude vector), layers
 # with large norms therefore get large ΔM and small ΔD: a negative slope across layers. LoRA's decay cannot reach the
-# frozen weights, so its slope stays positive. That is the account; the study finds it settled for FT in the short
-# regime, query and value, and for DoRA only in its value matrices at some doses, never in its query matrices
-# (section 10). (ΔM: the mean change of a row's norm; ΔD: the mean `1 − cos` between a row before and after;
-# notebook 04.)
+# frozen weights, so its slope stays positive. That is the account. Under decay, the negative slope it predicts is
+# settled for FT in the short regime, query and value; for DoRA only in the value matrices, and not in every run;
+# DoRA's negative query slope is settled nowhere (section 10). (ΔM: the mean over rows of the absolute change of a
+# row's norm; ΔD: the mean over rows of `1 − cos` between a row before and after; notebook 04.)
 #
 # For a first pass, read section 1 (the idea, one equation), section 2's list of conditions and the last paragraph
 # of section 3 (what "settled" means), section 4 (a test that moves the large norms to other layers without
@@ -216,8 +216,8 @@ print(f"training time of all {len(runs)} runs, one core each: {sum(run['seconds'
 # (`short_wd0` to `long_wd_paper_m_exempt`) in one; the next 11 in another, slower in its first four runs (1.3 to
 # 2.3 s/step) while other processes shared the cores; the last six (FT's `short4x_wd_paper` to `short_lr10x_wd0`)
 # one after the other on one core of a third machine, its other core busy with notebooks part of the time. The sum
-# printed above mixes the three machines and their loads: it is the order of the study's training time on one
-# core, not one machine's measurement. `make study` trains two runs at a time on a 2-core CPU, which should take
+# printed above mixes the three machines and their loads: it gives the order of magnitude of the study's training
+# time on one core, not one machine's measurement. `make study` trains two runs at a time on a 2-core CPU, which should take
 # about half of it in wall time (not measured as one command; how times scale with the machine:
 # [docs/runtimes.md](../docs/runtimes.md)).
 #
@@ -255,7 +255,8 @@ assert live_record.output_difference < 1e-4
 #   and count how often the correlation is at least as far in the direction of the paper's sign for that method
 #   (negative for FT and DoRA, positive for LoRA) as the one measured. With six layers the smallest possible p is
 #   1/720 ≈ 0.0014. The tables print this one-sided p ("p (paper sign)" or just "p"), so a slope of the other sign
-#   shows a p near 1: that means "no evidence for the paper's sign", not "no evidence of a slope";
+#   shows a large p (above 0.5, near 1 when the slope is strong): that means "no evidence for the paper's sign", not
+#   "no evidence of a slope";
 # * **leave one layer out**: the range of the correlation over the six ways of dropping a layer, and which drops
 #   flip its sign.
 #
@@ -519,10 +520,9 @@ plt.show()
 # **What size alone does.** Without decay, a larger FT update did not turn the slope negative. 4× the steps (query
 # ΔD 3.97e-04 against 1.35e-04) left both slopes positive, the query interval spanning zero. 4× the learning rate
 # (query ΔD 1.26e-03) made both positive with intervals above zero, at a cost of test accuracy (84.1 % against
-# 88.0 %). 10× the learning rate broke the model: test accuracy 50.0 %, chance on these balanced classes (it
-# collapsed to predicting one class, as a run that diverges does), so its ΔD of 5.19e-03 is not that of a fine-tune
-# (section 6 leaves it out of its tallies). The long
-# regime (steps and learning rate both larger) reached a query ΔD of 1.50e-03 at 88.9 %. So the healthy runs reached
+# 88.0 %). 10× the learning rate broke the model: test accuracy exactly 50.0 %, what a model that gives every
+# sentence the same class scores on these balanced classes, so its ΔD of 5.19e-03 is not that of a fine-tune (section
+# 6 leaves it out of its tallies). The long regime (steps and learning rate both larger) reached a query ΔD of 1.50e-03 at 88.9 %. So the healthy runs reached
 # a query ΔD of at most 1.5e-3, and within that range no larger update turned either slope negative: the value slope
 # rose from +0.27 to +0.97, and the query slope stayed between +0.75 and +0.95. What would happen at the paper's far
 # longer training, these runs cannot say.
@@ -552,8 +552,8 @@ plt.show()
 # FT".) LoRA is outside it; the paper reads LoRA's positive slope as magnitude and direction changing
 # "proportionally". Nothing in it depends on weight decay, on which layers hold the large norms, or on the dose:
 # read this way, it predicts FT and DoRA negative, LoRA positive, **in every condition**. Its assumptions, updates of
-# equal size and the start of training ("at time 0, we have ∆v = 0 and v′ = v"), do not hold across layers and
-# checkpoints in general: layers are not updated by equal amounts, and the checkpoints lie far from step 0.
+# equal size and a derivation at the start of training (where the adapted direction still equals the pretrained
+# one), do not hold across layers and checkpoints in general: layers are not updated by equal amounts, and the checkpoints lie far from step 0.
 #
 # **What the decay account predicts** (section 1): FT and DoRA negative exactly where decay shrinks the parameter
 # that carries the row norm (`c < 1`), positive where it does not (no decay; DoRA's magnitude exempt); LoRA positive
@@ -627,8 +627,8 @@ for name, (right, total) in tally.items():
 #
 # The second test, point estimates over six layers without intervals: the size of the gradient's part of ΔM rises
 # with ΔD across layers in most runs (a positive `r(ΔD, |gradient part|)`, against §4.2's trade-off). It is
-# negative, §4.2's direction, in three decayed DoRA runs in the short regime (`short_wd_paper` −0.02, its swap −0.13,
-# `x2` −0.30), and near zero in four FT runs (+0.03 to +0.15). The size of decay's part falls with ΔD wherever decay acts, except FT in the
+# near zero or negative, §4.2's direction, in three decayed DoRA runs in the short regime (`short_wd_paper` −0.02, its swap −0.13,
+# `x2` −0.30: near zero or negative), and small in four FT runs (+0.03 to +0.15). The size of decay's part falls with ΔD wherever decay acts, except FT in the
 # long regime and DoRA after the swap, whose slopes are not settled; where decay is nearly all of ΔM, that column
 # is nearly the slope itself, so it adds little. None of this says eq. 9 is wrong for a single row at equal update
 # size; it says the across-layer slope of Figure 2 is not made by it in the settled runs here.
@@ -862,9 +862,9 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 # * To first order, weight decay changes a row's **magnitude** in proportion to its norm and never its **direction**,
 #   while a gradient step of Adam's size turns a small row more than a large one.
 # * Where the decayed parameter carries the row norm (FT's weights, DoRA's magnitude), decay at the paper's
-#   cumulative strength gave negative slopes across layers in the short regime (settled for FT; for DoRA not at 1× or
-#   2×: its value slope is settled only at ¼× and ½×, its query slope at no dose); LoRA's decay cannot reach `W0`, so
-#   LoRA stayed positive.
+#   cumulative strength gave negative slopes across layers in the short regime (settled for FT; for DoRA's value
+#   matrices at ¼×, ½×, after the swap and over 4× the steps, but not at 1× or 2× in the plain short runs; for its
+#   query matrices at no dose); LoRA's decay cannot reach `W0`, so LoRA stayed positive.
 # * A function-preserving rescale is a causal test for a mechanism that runs through the norms: it moves the norms
 #   and nothing the network computes.
 # * A correlation over six layers needs its effective sample said out loud, an exact permutation p, and
@@ -884,7 +884,7 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 #    exact p, in either direction, is below 0.05). Does section 1's account predict each sign?
 #    Check it run by run against the factor `c` of section 2's table.
 # 2. **An eighth of the decay** *(about 2 minutes in either profile: one 250-step run; the quick-profile solution
-#    runs a 12-step version instead)*. Section 5's dose–response switched sign by a quarter of the estimate. Predict, then measure: DoRA at an
+#    runs a 12-step version instead, enough to check the arithmetic of `c`, not the correlations)*. Section 5's dose–response switched sign by a quarter of the estimate. Predict, then measure: DoRA at an
 #    eighth of the paper's decay estimate (`λ·Σlr = 0.0375`). Run
 #    ```python
 #    eighth = figure2.Condition("short_wd_paper_x0.125", figure2.SHORT, "paper", methods=("DoRA",), decay_scale=0.125)
@@ -893,8 +893,7 @@ for placement, statistic in (("even", "pooled"), ("even", "within checkpoints"),
 #    ```
 #    and place the result on section 5's dose–response figure: its rows are in `my_study/05_robustness.csv`, not in
 #    `robust`; append them to `robust` and add `0.125: "short_wd_paper_x0.125"` to `DOSES`. (`run_study` skips a
-#    condition whose name it already finds in the folder.) In the quick profile the solution runs a 12-step version instead: enough to check the
-#    arithmetic of `c`, not the correlations.
+#    condition whose name it already finds in the folder.)
 
 # %% [markdown]
 # ## Changes from earlier versions of this notebook
