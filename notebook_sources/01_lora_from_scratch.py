@@ -19,7 +19,7 @@
 # pretrained network by *freezing* every weight matrix `W` and learning a small update `ΔW = (α/r)·B·A` of rank at
 # most `r`. You will see why a low-rank update is enough, write the layer yourself, find out why it scales by `α/r`,
 # count what it trains, merge it away for inference, and check three things in LoRA code found online, using the
-# article this course grew out of.
+# article this course grew out of. On a first pass, sections 2–5 are the core; 1 and 6 can wait.
 #
 # About 2 min in the full profile, ½ min in quick, on a 2-core laptop CPU ([measured how](../docs/runtimes.md)).
 # To switch, pass `profile="quick"` (live class) or `"full"` (self-study, the saved outputs) in the next cell and
