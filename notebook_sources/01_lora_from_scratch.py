@@ -40,6 +40,7 @@ from lowrank.training import seed_everything, train
 
 setup = setup_notebook(profile=None, load=True, use_device=False)  # None: $LOWRANK_PROFILE (default "full")
 profile, model, tokenizer, data = setup.profile, setup.model, setup.tokenizer, setup.data
+queries = [name for name, _ in model.named_modules() if name.endswith("q_lin")]  # the attention query projections
 
 # %% [markdown]
 # ## 1. Why a low-rank update is enough
@@ -65,7 +66,6 @@ profile, model, tokenizer, data = setup.profile, setup.model, setup.tokenizer, s
 # *Long cell* (about a minute in the full profile): a short fine-tune. Interrupting the kernel stops it.
 
 # %%
-queries = [name for name, _ in model.named_modules() if name.endswith("q_lin")]
 pretrained = {name: model.get_submodule(name).weight.detach().clone() for name in queries}
 probe = copy.deepcopy(model)
 probe_run = train(probe, data["train"], max_steps=profile.probe_steps, lr=5e-5, seed=0, description="full fine-tune probe",
@@ -348,8 +348,9 @@ for name, seconds in latency.items():
 #
 # This course grew out of a short blog article, "LoRA和DoRA" ("LoRA and DoRA", in Chinese, by 张广益, 16 May 2024),
 # which puts both into DistilBERT; we call it the *seed article*. Its `LoRALayer` is, line for line, the one in
-# versions of Sebastian Raschka's LLMs-from-scratch appendix E (later versions draw `A` Kaiming-uniform), a layer many
-# tutorials copy. Now that you have built the layer, three things take one look each, and each is run below. (The
+# early versions of Sebastian Raschka's LLMs-from-scratch appendix E, a layer many tutorials copy. (The book's
+# repository has changed since: later versions draw `A` Kaiming-uniform, and the current one scales by `α/r`; its
+# issue #821 reported the `α` scaling.) Now that you have built the layer, three things take one look each, and each is run below. (The
 # article's DoRA code is run in notebook 03, once DoRA is built.)
 #
 # 1. **Which factor is zero.** The article's text says "在初始化时，矩阵 A 为零矩阵，B 为随机的高斯分布" ("at

@@ -271,7 +271,7 @@ print(f"test accuracy after {run.steps} steps: your loop {mine_accuracy:.1%}, lo
 #
 # ## 5. Choosing where the adapters go
 #
-# The seed article switches LoRA on per kind of layer. `lowrank.targets_from_toggles` turns its six switches into
+# The seed article (the blog post this course grew out of; notebook 01 §6) switches LoRA on per kind of layer. `lowrank.targets_from_toggles` turns its six switches into
 # module-name suffixes for `add_adapters`. Every configuration trains the head in full, for the reason given in
 # section 2. (The seed article does not: it freezes every parameter before adding its LoRA layers, so with its
 # default switches its new, random head never trains.) PEFT, Hugging Face's `peft` library for adapters, does what

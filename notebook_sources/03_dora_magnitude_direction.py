@@ -23,6 +23,13 @@
 # propose Weight-Decomposed Low-Rank Adaptation (DoRA)." So DoRA lets magnitude and direction learn separately,
 # closer to what full fine-tuning does.
 #
+# What the two parts mean, for one output feature `i` of a linear layer: its output is `yᵢ = wᵢ·x + bᵢ`, where `wᵢ`
+# is row `i` of the weight. Write `wᵢ = ‖wᵢ‖·(wᵢ/‖wᵢ‖)`: the **direction** `wᵢ/‖wᵢ‖` decides which input pattern the
+# feature responds to, the **magnitude** `‖wᵢ‖` how strongly. Under LoRA, both change only through the shared
+# rank-`r` update `BA`. DoRA gives every output feature its own trainable length, one number per row: a feature can
+# respond more or less strongly, with the same pattern, at the cost of that one number, and `BA` is left to change
+# directions.
+#
 # DoRA splits every pretrained weight into a **magnitude** and a **direction**, trains the magnitude directly and
 # the direction with LoRA:
 #

@@ -252,7 +252,9 @@ for label, (lr, seed) in variants.items():
 # intervals lie wholly above zero. One geometric effect ties LoRA's ΔM to its ΔD: when nothing else acts
 # on a row's norm, a step *perpendicular* to the row still lengthens it (Pythagoras:
 # `‖w + g⊥‖ − ‖w‖ ≈ ‖g⊥‖²/(2‖w‖)`), which is `‖w‖` times its direction change `1 − cos θ ≈ θ²/2`, so magnitude
-# follows direction.
+# follows direction. The effect acts on every method's rows; it can show most plainly in LoRA because less else pulls
+# on LoRA's row norms: weight decay reaches only `A` and `B`, never `W0`, while FT's decay shrinks the weights
+# themselves and DoRA's the magnitude `m` (notebook 05 follows this up).
 #
 # **Full fine-tuning and DoRA.** Neither shows the paper's negative sign in the pooled rows of section 4's table:
 # all four pooled correlations (FT and DoRA, query and value) are positive, with intervals above zero. The paper's

@@ -250,8 +250,10 @@ if not_read:
 # * **Raschka's appendix E** — Sebastian Raschka, *Build a Large Language Model (From Scratch)*, appendix E,
 #   "Parameter-efficient fine-tuning with LoRA" (code: [github.com/rasbt/LLMs-from-scratch](https://github.com/rasbt/LLMs-from-scratch)).
 #   The same from-scratch approach on a GPT model, for the book's chapter-6 spam classifier: a second, gentler
-#   walk through notebooks 01–02. Its LoRA layer, in the versions of the repository we read, scales the update by
-#   `α`, not `α/r` (the seed article's layer is the same one; notebook 01 §3 and §6 show what that does).
+#   walk through notebooks 01–02. Earlier versions of its LoRA layer scaled the update by `α`, not `α/r` (the seed
+#   article's layer is one of them; notebook 01 §3 and §6 show what that does; the repository's issue #821); the
+#   current repository uses `α/r` (its pull request #1080 calls `α/r` appendix E's convention). Printed copies of the
+#   book may still have the earlier layer.
 # * **Raschka's DoRA article** — Sebastian Raschka, 2024, "Improving LoRA: Implementing Weight-Decomposed Low-Rank
 #   Adaptation (DoRA) from Scratch". LoRA and then DoRA built step by step on a small network, with diagrams. Read its
 #   code with notebook 03 §1 at hand: it takes the magnitude's norm over `dim=0` of `nn.Linear.weight`, one norm per
