@@ -35,6 +35,14 @@ def test_every_lesson_has_one_line_in_course_order(tmp_path):
     assert "[`01_a`](notebooks/01_a.ipynb)" in rows[0] and "2 min" in rows[0]
     assert "`A9_b` (being written)" in rows[1] and "not measured yet" in rows[1]
     assert "fp32 training, fp32 `torch.mm` 67 GFLOP/s per thread" in table
+    # A second sitting run the same way: one clause, with the range of the two sittings' rates.
+    (tmp_path / "notebooks" / "in_practice").mkdir()
+    (tmp_path / "notebooks" / "in_practice" / "A9_b.ipynb").write_text("{}")
+    times["notebooks"]["notebooks/in_practice/A9_b.ipynb"] = {"seconds": 30.0, "precision": "fp32",
+                                                              "matmul_gflops_fp32": 91.4, "torch_threads": 1,
+                                                              "notebooks_at_once": 2, "date": "2026-12-08T05:00"}
+    table = course_map.course_map(lessons, times)
+    assert table.count("fp32 training") == 1 and "fp32 `torch.mm` 67–91 GFLOP/s per thread" in table
 
 
 @pytest.mark.parametrize("seconds, said", [(1.3, "1 s"), (89, "89 s"), (95.3, "2 min"), (1292.9, "22 min"),

@@ -48,10 +48,14 @@ def course_map(lessons: list[Lesson], times: dict) -> str:
         rows.append(f"| {part} | {link} | {lesson.title} | {duration(seconds) if seconds else 'not measured yet'} |")
     measured = [entries[lesson.notebook] for lesson in lessons if lesson.notebook in entries]
     if measured:
-        conditions = sorted({(e.get("precision", "?"), e.get("matmul_gflops_fp32"), e.get("torch_threads"),
-                              e.get("notebooks_at_once")) for e in measured}, key=str)
-        said = "; ".join(f"{precision} training, fp32 `torch.mm` {rate} GFLOP/s per thread, {threads} thread(s) per "
-                         f"notebook, {jobs} notebook(s) at a time" for precision, rate, threads, jobs in conditions)
+        # One clause per way of running (precision, threads, lanes), with the range of matmul rates of its sittings.
+        rates: dict[tuple, list] = {}
+        for e in measured:
+            key = (e.get("precision", "?"), e.get("torch_threads"), e.get("notebooks_at_once"))
+            rates.setdefault(key, []).append(e.get("matmul_gflops_fp32"))
+        said = "; ".join(
+            f"{precision} training, fp32 `torch.mm` {_rate_range(found)} GFLOP/s per thread, {threads} thread(s) per "
+            f"notebook, {jobs} notebook(s) at a time" for (precision, threads, jobs), found in sorted(rates.items(), key=str))
         dates = sorted({e.get("date", "")[:10] for e in measured})
         rows.append("")
         rows.append(f"Times: each notebook's last full-profile run by `make course` on a 2-core CPU ({said}; "
@@ -61,6 +65,14 @@ def course_map(lessons: list[Lesson], times: dict) -> str:
             rows[-1] += (f" The last whole run took {duration(whole['seconds'])} of wall time for "
                          f"{whole['notebooks']} notebooks.")
     return "\n".join(rows)
+
+
+def _rate_range(rates: list) -> str:
+    """``148`` or ``91–158``: the matmul rates of the sittings a clause covers."""
+    known = sorted({round(r) for r in rates if r is not None})
+    if not known:
+        return "?"
+    return str(known[0]) if len(known) == 1 else f"{known[0]}–{known[-1]}"
 
 
 def signed(value: float, digits: int = 2) -> str:
@@ -95,13 +107,13 @@ def headline_results() -> str:
     for method, quoted in PAPER_CORRELATIONS.items():
         mine = [p for p in points if p["method"] == method]
         r = pearson([float(p["delta_d"]) for p in mine], [float(p["delta_m"]) for p in mine])
-        line = f"| Figure 2, {method}: ΔM against ΔD, query matrices, correlation | Pearson r {signed(r)} over all points (notebook 04)"
+        line = (f"| Figure 2, {method}: correlation of ΔM with ΔD, query matrices | {signed(r)} over all points "
+                "(notebook 04, this course's training)")
         if method in study:
             s = study[method]
-            line += (f"; {signed(float(s['value']))} [{signed(float(s['low']))}, {signed(float(s['high']))}] within checkpoints, "
-                     "with weight decay at our estimate of the paper's cumulative strength, compressed into a few "
-                     "hundred steps, so each step decays far more than the paper's (notebook 05's study, short regime)")
-        rows.append(line + f" | {signed(quoted)} (VL-BART; the paper names neither the statistic nor how the points were combined) |")
+            line += (f"; {signed(float(s['value']))} [{signed(float(s['low']))}, {signed(float(s['high']))}] across "
+                     "layers with weight decay at our estimate of the paper's cumulative strength (notebook 05's study)")
+        rows.append(line + f" | {signed(quoted)} (VL-BART) |")
     return "\n".join(rows)
 
 
