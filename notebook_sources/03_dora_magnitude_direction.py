@@ -187,14 +187,6 @@ print("4. DoRALayer's arguments:", list(inspect.signature(SeedDoRALayer.__init__
 # **The paper's §4.3 trick.** The gradient through `‖V‖` costs memory: autograd must keep the `[out, in]` matrix
 # `V` for every adapted layer. The paper treats `‖V‖` as a constant in backprop (`.detach()`): the forward is
 # unchanged, the gradient slightly different (section 7), and the memory smaller (section 3).
-#
-# **Dropout.** `MyDoRALinear` has none. With dropout `p > 0`, the official DoRA code and PEFT drop out only the input
-# of the *change* to `W0·x`: `W0·x + (g − 1)·W0·drop(x) + g·s·B·A·drop(x)` with `g = m/‖V‖`, which is what
-# `lowrank.DoRALinear` computes (it equals `g·(W0·x + s·B·A·drop(x))` only when nothing is dropped).
-# Why that shape: as in LoRA, the frozen path should see the same clean input it sees without adapters, up to the
-# rescaling `g`. Write `g·W0·x = W0·x + (g − 1)·W0·x`: the first term is the pretrained layer and keeps the clean
-# `x`; only what the adapter adds, the low-rank branch and the magnitude's correction `(g − 1)·W0·x`, gets the
-# dropped input.
 
 # %% [markdown]
 # The layer in a picture, with layer 0's query projection sizes (orange trains, grey is frozen, blue is computed
@@ -267,6 +259,15 @@ with torch.no_grad():
     for name in ("lora_A", "lora_B", "magnitude"):
         getattr(reference, name).copy_(getattr(mine, name))
 print("agrees with lowrank.DoRALinear:", torch.allclose(reference(x), mine(x), atol=1e-5))
+
+# %% [markdown]
+# **Dropout.** `MyDoRALinear` has none. With dropout `p > 0`, the official DoRA code and PEFT drop out only the input
+# of the *change* to `W0·x`: `W0·x + (g − 1)·W0·drop(x) + g·s·B·A·drop(x)` with `g = m/‖V‖`, which is what
+# `lowrank.DoRALinear` computes (it equals `g·(W0·x + s·B·A·drop(x))` only when nothing is dropped).
+# Why that shape: as in LoRA, the frozen path should see the same clean input it sees without adapters, up to the
+# rescaling `g`. Write `g·W0·x = W0·x + (g − 1)·W0·x`: the first term is the pretrained layer and keeps the clean
+# `x`; only what the adapter adds, the low-rank branch and the magnitude's correction `(g − 1)·W0·x`, gets the
+# dropped input.
 
 # %% [markdown]
 # ## 3. What the detach saves, measured
@@ -406,6 +407,10 @@ with open(figure_path("03_results.json"), "w") as handle:  # the wrap-up (06) co
 # resolved here.
 #
 # ## 6. Merge DoRA, and check nothing changed
+#
+# After training, the norm `‖W0 + s·B·A‖` (one per row) is a fixed number per row, so the whole layer is again one
+# `[out, in]` matrix, `W' = m ⊙ (W0 + s·B·A) / ‖W0 + s·B·A‖`. `lowrank.merge_adapters` writes it into a plain
+# `nn.Linear`, exactly as for LoRA in notebook 01.
 
 # %%
 # NBVAL_CHECK_OUTPUT
