@@ -328,6 +328,16 @@ def max_output_difference(model, other, data, examples: int = 64) -> float:
         model.train(was[0]), other.train(was[1])
 
 
+#: Test accuracy below which a run counts as collapsed (about 0.5 on the balanced test set: one class for every
+#: sentence): not a fine-tune, so notebook 05 leaves it out of its tallies.
+COLLAPSED_ACCURACY = 0.6
+
+
+def collapsed_to_chance(run: Mapping) -> bool:
+    """Whether a run (a row of :data:`RUNS_FILE`) ended at chance accuracy, as a diverged run does."""
+    return run["test_accuracy"] < COLLAPSED_ACCURACY
+
+
 def run_one(condition: Condition, method: str, model, data, progress: bool = True):
     """Train one method under one condition; return its points, mechanism rows and record."""
     from lowrank.adapters import add_adapters

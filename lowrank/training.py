@@ -236,8 +236,8 @@ def model_pad_token_id(model: nn.Module, pad_token_id: int | None = None) -> int
 CPU_EVAL_BATCH = 32
 """Rows per forward pass when :func:`predict` evaluates on a CPU (``batch_size=None``): the rows are sorted by
 length, so smaller batches carry less padding, and in fp32 on a course CPU 32 rows ran 12 to 15 % faster than 128
-(64 about the same as 32, 256 about 30 % slower; ``bench/eval_batch_bench.py``, docs/benchmarks.md). On a GPU, where padding
-is nearly free, :data:`GPU_EVAL_BATCH`."""
+(64 about the same as 32, 256 about 30 % slower; ``bench/eval_batch_bench.py``, docs/benchmarks.md). On a GPU,
+where padding is nearly free, :data:`GPU_EVAL_BATCH`."""
 GPU_EVAL_BATCH = 128
 
 

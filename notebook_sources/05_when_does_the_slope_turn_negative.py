@@ -496,7 +496,7 @@ for condition in measured_sizes:
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
 for condition, row in size_rows.items():
-    diverged = " (collapsed to chance)" if row["run"]["test_accuracy"] < 0.6 else ""
+    diverged = " (collapsed to chance)" if figure2.collapsed_to_chance(row["run"]) else ""
     for matrices, marker in (("query", "o"), ("value", "s")):
         r = row["cells"][matrices]
         axes[0].errorbar(row[f"{matrices}_delta_d"], r.value, yerr=[[r.value - r.low], [r.high - r.value]], fmt=marker,
@@ -602,7 +602,7 @@ for key, run in runs.items():
     paper = sign(figure2.PAPER_SIGN[run["method"]])
     decay = decay_predicts(run)
     is_settled = settled(r)
-    diverged = run["test_accuracy"] < 0.6  # a model at chance: not a fine-tune, left out of the tallies
+    diverged = figure2.collapsed_to_chance(run)  # a model at chance: not a fine-tune, left out of the tallies
     if is_settled and not diverged:
         for name, predicted in (("§4.2", paper), ("decay", decay)):
             tally[name][0] += predicted == sign(r.value)

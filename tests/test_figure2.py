@@ -189,3 +189,8 @@ def test_study_in_two_processes_gives_what_one_gives(tmp_path):
         assert a["delta_d"] == pytest.approx(b["delta_d"], rel=1e-4, abs=1e-12)
     assert (tmp_path / "two" / figure2.ROBUSTNESS_FILE).exists()
     assert figure2.run_study(tmp_path / "two", conditions, jobs=2, **sizes).keys() == two.keys()  # resumes: nothing to do
+
+
+def test_a_run_at_chance_counts_as_collapsed():
+    assert figure2.collapsed_to_chance({"test_accuracy": 0.5})
+    assert not figure2.collapsed_to_chance({"test_accuracy": 0.841})

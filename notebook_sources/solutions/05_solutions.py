@@ -66,7 +66,7 @@ for r in robust:
     if not ((r.low > 0 or r.high < 0) and min(r.p_paper_sign, p_against(r)) < 0.05):
         continue
     run = runs[f"{r.condition}/{r.method}"]
-    if run["test_accuracy"] < 0.6:  # collapsed to chance: not a fine-tune (notebook 05, section 5)
+    if figure2.collapsed_to_chance(run):  # not a fine-tune (notebook 05, section 5)
         print(f"{r.condition:<24}{r.method:<6} left out: test accuracy {run['test_accuracy']:.0%}, chance")
         continue
     predicted = "−" if r.method != "LoRA" and run["row_norm_decay_factor"] < 1 else "+"
