@@ -23,13 +23,17 @@ $(STAMP): requirements.txt
 # notebooks and figures into figures/, and prints where the time went (figures/course_times.json, keyed by
 # course.toml's paths). LOWRANK_PROFILE=quick make course: a fast pass written to build/quick/ (committed files
 # untouched). On a multi-core CPU two notebooks run at a time, each on its share of the cores; JOBS=1: one at a time.
+# Finished training runs are kept in build/run_cache/ and reused when a notebook asks for the same run again
+# (lowrank.run_cache); LOWRANK_RUN_CACHE=off make course trains every run.
 course: $(STAMP)
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/python tools/run_course.py $(if $(JOBS),--jobs $(JOBS))
 
 # Package tests and every notebook under notebooks/ (sub-folders included) under nbval in the quick profile, offline,
-# one test file or notebook per worker and one worker per core (pytest-xdist), each on one torch thread.
+# one test file or notebook per worker and one worker per core (pytest-xdist), each on one torch thread. The
+# notebooks share a fresh run cache (lowrank.run_cache), never one kept by earlier runs.
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LOWRANK_PROFILE=quick LOWRANK_FIGURES=$$(mktemp -d) OMP_NUM_THREADS=1 \
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LOWRANK_PROFILE=quick LOWRANK_FIGURES=$$(mktemp -d) \
+		LOWRANK_RUN_CACHE=$$(mktemp -d) OMP_NUM_THREADS=1 \
 		$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider \
 		-n auto --dist loadfile
 

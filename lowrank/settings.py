@@ -6,7 +6,8 @@ Read in the first cell of every notebook; the README's "Profiles" table lists th
 pick the model and data (``embedded`` by default: offline; e.g. ``distilbert-base-uncased``
 and ``imdb`` with the hub); ``LOWRANK_FIGURES`` redirects saved figures (default ``figures/`` in the full
 profile, ``build/quick/figures/`` in the quick one); ``LOWRANK_PRECISION`` and ``LOWRANK_ASSUME_NO_BF16``
-decide the training precision; ``LOWRANK_PHASE_LOG`` names a file for the time spent in each phase.
+decide the training precision; ``LOWRANK_PHASE_LOG`` names a file for the time spent in each phase;
+``LOWRANK_RUN_CACHE`` is where trained runs are kept for reuse (:mod:`lowrank.run_cache`; ``off``: nowhere).
 
 ``quick`` sizes every experiment for tests and a live class (a notebook in a few minutes on
 a 2-core CPU); ``full`` is for self-study and for the outputs committed with the notebooks.
@@ -155,6 +156,20 @@ def figure_path(name: str) -> Path:
         folder = REPOSITORY_FIGURES if current_profile().name == "full" else QUICK_FIGURES
     folder.mkdir(parents=True, exist_ok=True)
     return folder / name
+
+
+RUN_CACHE_VAR = "LOWRANK_RUN_CACHE"
+#: Where :func:`lowrank.run_cache.train_once` keeps finished runs when ``$LOWRANK_RUN_CACHE`` is not set.
+DEFAULT_RUN_CACHE = REPOSITORY / "build" / "run_cache"
+
+
+def run_cache_folder() -> Path | None:
+    """Where finished training runs are kept for reuse: ``$LOWRANK_RUN_CACHE`` when set (``off``: nowhere,
+    every run trains), else :data:`DEFAULT_RUN_CACHE`."""
+    chosen = os.environ.get(RUN_CACHE_VAR, "").strip()
+    if chosen.lower() == "off":
+        return None
+    return Path(chosen) if chosen else DEFAULT_RUN_CACHE
 
 
 def phase_log_path() -> Path | None:

@@ -4,7 +4,8 @@ Used in notebook 01, section 5 (the latency of merged and unmerged layers), and 
 
 :func:`phase` adds the wall time of a block to a named total (training steps, evaluation,
 tokenizing, ...); with ``$LOWRANK_PHASE_LOG`` set (:func:`lowrank.settings.phase_log_path`), the totals are written to that JSON file
-after every phase, which is how ``tools/run_course.py`` breaks a notebook's time down.
+after every phase, with :func:`record_run`'s list of training runs beside them, which is how
+``tools/run_course.py`` breaks a notebook's time down, per phase and per training run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lowrank.settings import phase_log_path
 
 _phase_seconds: defaultdict[str, float] = defaultdict(float)
 _open_phases: list[str] = []
+_runs: list[dict] = []
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -33,12 +35,28 @@ def phase_seconds() -> dict[str, float]:
     return dict(_phase_seconds)
 
 
+def training_runs() -> list[dict]:
+    """Each training run of this process so far: its description, steps, training seconds, and whether it was
+    reused (:mod:`lowrank.run_cache`) rather than trained."""
+    return [dict(run) for run in _runs]
+
+
 def add_phase_seconds(name: str, seconds: float) -> None:
     """Add ``seconds`` to the phase ``name`` (and to ``$LOWRANK_PHASE_LOG`` when set)."""
     _phase_seconds[name] += seconds
+    _write_log()
+
+
+def record_run(description: str, steps: int, seconds: float, reused: bool = False) -> None:
+    """Note one training run (for ``tools/run_course.py``'s breakdown per run), in ``$LOWRANK_PHASE_LOG`` when set."""
+    _runs.append({"description": description, "steps": steps, "seconds": round(seconds, 1), "reused": reused})
+    _write_log()
+
+
+def _write_log() -> None:
     log = phase_log_path()
     if log is not None:
-        log.write_text(json.dumps(_phase_seconds, indent=1))
+        log.write_text(json.dumps({"phases": _phase_seconds, "runs": _runs}, indent=1))
 
 
 @contextmanager

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lowrank.timing import add_phase_seconds, phase, synchronize, timed_phase
+from lowrank.timing import add_phase_seconds, phase, record_run, synchronize, timed_phase
 
 if TYPE_CHECKING:  # annotations only: importing this module does not load datasets or transformers
     from datasets import Dataset, DatasetDict
@@ -429,6 +429,7 @@ def train(
         bar.close()
         model.eval()
         add_phase_seconds("train steps", sum(result.step_seconds))
+        record_run(description, result.steps, sum(result.step_seconds))
     if eval_data is not None:
         result.evaluations.append((result.steps, accuracy(model, eval_data, pad_token_id=pad)))
     return result

@@ -364,7 +364,7 @@ print("max |logit difference| vs PEFT DoRA < 1e-5:", difference < 1e-5)
 results, trained, test_logits = {}, {}, {}
 for method in ("lora", "dora"):
     candidate = lowrank.add_adapters(copy.deepcopy(model).to(device), ["q_lin", "v_lin"], method=method, rank=8, alpha=16)
-    train(candidate, data["train"], data["validation"], epochs=profile.epochs, batch_size=profile.batch_size,
+    train(candidate, data["train"], epochs=profile.epochs, batch_size=profile.batch_size,
           lr=2e-3, seed=0, description=method.upper(), autocast_dtype=setup.autocast_dtype)
     test_logits[method] = predict(candidate, data["test"])
     results[method] = {"test accuracy": logits_accuracy(test_logits[method], data["test"]),

@@ -101,17 +101,18 @@ def run_notebook(path: Path, out_path: Path, figures: Path | None, threads: int 
             with LIVE_LOCK:
                 LIVE.pop(path.name, None)
         total = time.perf_counter() - start
-        phases = json.loads(log.read_text()) if log.exists() else {}
+        logged = json.loads(log.read_text()) if log.exists() else {}
     cells = [(cell_seconds(cell), cell.source.strip().splitlines()[0][:70] if cell.source.strip() else "")
              for cell in notebook.cells if cell.cell_type == "code"]
     clean_notebook(notebook)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(notebook, out_path)
-    phases = {name: round(seconds, 1) for name, seconds in phases.items()}
+    phases = {name: round(seconds, 1) for name, seconds in logged.get("phases", {}).items()}
     other = max(0.0, total - sum(phases.values()))
     slowest = sorted(cells, reverse=True)[:3]
     return {"seconds": round(total, 1), "phases": phases, "other": round(other, 1),
-            "slowest_cells": [{"seconds": round(s, 1), "first_line": line} for s, line in slowest]}
+            "slowest_cells": [{"seconds": round(s, 1), "first_line": line} for s, line in slowest],
+            "runs": logged.get("runs", [])}
 
 
 def print_table(timings: dict[str, dict]) -> None:
@@ -126,6 +127,20 @@ def print_table(timings: dict[str, dict]) -> None:
     sums = [sum(t["phases"].get(c, 0.0) for t in timings.values()) for c in names + extra]
     sums.append(sum(t["other"] for t in timings.values()))
     print(f"{'all':<56}{total:>9,.0f}" + "".join(f"{v:>13,.0f}" for v in sums))
+
+
+def print_runs(timings: dict[str, dict]) -> None:
+    """Every training run of the notebooks, longest first: where the "train steps" column's time went."""
+    runs = [(run["seconds"], notebook, run) for notebook, t in timings.items() for run in t.get("runs", [])]
+    if not runs:
+        return
+    print(f"\n{'training run':<40}{'notebook':<56}{'steps':>6}{'seconds':>9}")
+    for seconds, notebook, run in sorted(runs, key=lambda item: -item[0]):
+        note = "  (reused: loaded, not trained)" if run["reused"] else ""
+        print(f"{run['description'][:39]:<40}{notebook:<56}{run['steps']:>6}{seconds:>9,.0f}{note}")
+    trained = [run for _, _, run in runs if not run["reused"]]
+    print(f"{len(trained)} run(s) trained, {sum(r['seconds'] for r in trained):,.0f} s; "
+          f"{len(runs) - len(trained)} reused")
 
 
 def lanes(jobs: int | None) -> tuple[int, int | None]:
@@ -286,6 +301,7 @@ def main() -> None:
         raise SystemExit("these notebooks wait for each other (their needs in course.toml); "
                          "nothing was left to run them after")
     print_table({key: timings[key] for key in keys})
+    print_runs({key: timings[key] for key in keys})
     print(f"wall time {wall:,.0f} s for {len(timings)} notebook(s), {jobs} at a time "
           f"(their times add up to {sum(t['seconds'] for t in timings.values()):,.0f} s)")
     if not args.notebooks:  # the whole course

@@ -118,6 +118,16 @@ def _staging(path: Path) -> Iterator[Path]:
 
 
 
+def replace_file(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` by ``write(staged_path)`` under a temporary name, flush it, then rename it into place:
+    a crash at any moment leaves the old file or the new one, never part of one."""
+    with _staging(path) as staged:
+        write(staged)
+        _fsync_file(staged)
+        os.replace(staged, path)
+        _fsync_directory(path.parent)
+
+
 def replace_pair(tensors_path: Path, config_path: Path, write_tensors: Callable[[Path], None], config_text: str) -> None:
     """Write ``tensors_path`` (by ``write_tensors(staged_path)``) and ``config_path`` (``config_text``) as one save.
 

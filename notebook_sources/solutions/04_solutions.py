@@ -43,7 +43,8 @@ from lowrank.magnitude_direction import (
     within_checkpoint_correlation,
 )
 from lowrank.notebook import setup_notebook
-from lowrank.training import tokenize, train
+from lowrank.run_cache import train_once
+from lowrank.training import seed_everything, tokenize
 
 setup = setup_notebook(profile=None)  # None: $LOWRANK_PROFILE (default "full"); "quick" for a fast pass
 profile = setup.profile
@@ -77,10 +78,11 @@ quick = profile.name == "quick"
 steps = 6 if quick else profile.analysis_steps
 batch_size = 8 if quick else profile.batch_size
 lr, weight_decay, warmup_fraction = 2e-3, 0.01, 0.06  # notebook 04's DoRA run (and train()'s defaults)
-model, tokenizer = lowrank.load_backbone(setup.backbone)
-train_size = 64 if quick else profile.train_size
-data = tokenize(load_sentiment(setup.dataset, train_size=train_size, eval_size=32, seed=0), tokenizer,
-                profile.max_length)
+if quick:  # 64 tweets: the mechanics in seconds
+    model, tokenizer = lowrank.load_backbone(setup.backbone)
+    data = tokenize(load_sentiment(setup.dataset, train_size=64, eval_size=32, seed=0), tokenizer, profile.max_length)
+else:  # notebook 04's model and data: the run with decay is then notebook 04's DoRA run, reused if it was kept
+    model, data = setup.load().model, setup.data
 pattern = r"\.(q_lin|v_lin)$"
 pretrained = merged_linear_weights(model, pattern)
 snapshot_steps = [steps // 4, steps // 2, 3 * steps // 4, steps]
@@ -88,15 +90,17 @@ snapshot_steps = [steps // 4, steps // 2, 3 * steps // 4, steps]
 runs = {}
 started = time.perf_counter()
 for decay in (weight_decay, 0.0):
-    candidate = lowrank.add_adapters(copy.deepcopy(model), ["q_lin", "v_lin"], method="dora", rank=8, alpha=16)
-    run = train(candidate, data["train"], max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=decay,
-                warmup_fraction=warmup_fraction, seed=0, snapshot_steps=snapshot_steps,
-                snapshot=lambda m: merged_linear_weights(m, pattern), progress=False,
-                autocast_dtype=setup.autocast_dtype)
+    candidate = copy.deepcopy(model)
+    seed_everything(0)  # the draw of A, as notebook 04 draws it
+    lowrank.add_adapters(candidate, ["q_lin", "v_lin"], method="dora", rank=8, alpha=16)
+    run = train_once(candidate, data["train"], max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=decay,
+                     warmup_fraction=warmup_fraction, seed=0, snapshot_steps=snapshot_steps,
+                     snapshot=lambda m: merged_linear_weights(m, pattern), snapshot_key=pattern, progress=False,
+                     description=f"DoRA, weight decay {decay}", autocast_dtype=setup.autocast_dtype)
     runs[decay] = {"magnitudes": {name: layer.magnitude.detach().clone() for name, layer in lowrank.adapter_layers(candidate)},
                    "snapshots": run.snapshots}
-print(f"{profile.name} profile: DoRA trained twice for {steps} steps of batch {batch_size}, "
-      f"{time.perf_counter() - started:.0f} s for both")
+print(f"{profile.name} profile: DoRA with and without decay, {steps} steps of batch {batch_size} each; "
+      f"{time.perf_counter() - started:.0f} s here for both (a run reused from notebook 04 loads in seconds)")
 
 c = decay_factors(lr, weight_decay, steps, warmup_fraction)[-1]
 m0 = {name: w.norm(dim=1) for name, w in pretrained.items()}
