@@ -30,11 +30,12 @@ course: $(STAMP)
 
 # Package tests and every notebook under notebooks/ (sub-folders included) under nbval in the quick profile, offline,
 # one test file or notebook per worker and one worker per core (pytest-xdist), each on one torch thread. The
-# notebooks share a fresh run cache (lowrank.run_cache), never one kept by earlier runs.
+# notebooks go first, so that the last to finish are short test files rather than a long notebook. They share a
+# fresh run cache (lowrank.run_cache), never one kept by earlier runs.
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 LOWRANK_PROFILE=quick LOWRANK_FIGURES=$$(mktemp -d) \
 		LOWRANK_RUN_CACHE=$$(mktemp -d) OMP_NUM_THREADS=1 \
-		$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider \
+		$(BIN)/python -m pytest notebooks tests --nbval-lax --nbval-current-env -p no:cacheprovider \
 		-n auto --dist loadfile
 
 # The course as a static HTML site in build/site/, from the committed notebooks (never executed), offline, math by a

@@ -313,7 +313,8 @@ def correlation_summary(
 def plot_points(points: Sequence[MagnitudeDirectionPoint], ax=None, title: str | None = None):
     """Scatter ΔD (x) against ΔM (y): a colour per layer, a marker per step, a fitted line.
 
-    The title gives the Pearson correlation, as in the DoRA paper's Figure 2.
+    The title gives the Pearson correlation of all the points ("Pearson r"), as the DoRA paper's Figure 2 gives
+    one correlation per panel.
     """
     import matplotlib.pyplot as plt
 
@@ -339,7 +340,7 @@ def plot_points(points: Sequence[MagnitudeDirectionPoint], ax=None, title: str |
     ax.set_xlabel("ΔD (direction change)")
     ax.set_ylabel("ΔM (magnitude change)")
     ax.ticklabel_format(style="sci", scilimits=(-2, 3))
-    ax.set_title(f"{title or points[0].method}: r = {r:.2f}")
+    ax.set_title(f"{title or points[0].method}: Pearson r = {r:+.2f}")
     handles = [plt.Line2D([], [], color=colours(i % 10), marker="o", linestyle="", label=f"layer {l}")
                for i, l in enumerate(layers) if l >= 0]
     handles += [plt.Line2D([], [], color="grey", marker=markers[i % len(markers)], linestyle="", label=f"step {s}")

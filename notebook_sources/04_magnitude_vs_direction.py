@@ -124,8 +124,8 @@ for label, spec in methods.items():
 # ## 3. The figure
 #
 # One panel per method, as in the paper: x = ΔD, y = ΔM, a colour per layer, a marker per checkpoint, a least-squares
-# line, and the Pearson correlation of all the panel's points in its title (`r`; section 4 calls it "pooled").
-# In these titles `r` is that correlation coefficient, between −1 and 1, not the LoRA rank it meant in notebooks
+# line, and the Pearson correlation of all the panel's points in its title ("Pearson r"; section 4 calls it
+# "pooled"). In these titles `r` is that correlation coefficient, between −1 and 1, not the LoRA rank it meant in notebooks
 # 01–03 (the adapters here have rank 8). The paper's Figure 2 is not reproduced here; it has the same layout, three
 # panels (FT, LoRA, DoRA) for VL-BART's query matrices with ΔD on x and ΔM on y, one colour per layer and one marker
 # per intermediate checkpoint, and the slopes quoted at the top and the correlations in section 4 are its readings.

@@ -182,3 +182,20 @@ def test_ctrl_c_stops_the_kernels_and_keeps_the_executed_part(tmp_path):
         assert failed.exists()
     finally:
         failed.unlink(missing_ok=True)
+
+
+def test_each_training_run_is_reported_with_its_notebook(tmp_path, monkeypatch, capsys):
+    """The breakdown per training run: what lowrank.timing.record_run noted in the kernel (train and train_once
+    note every run) reaches course_times.json and the printed table, reused runs marked."""
+    _notebook(tmp_path / "a.ipynb", "from lowrank.timing import record_run\n"
+                                    "record_run('LoRA q,v', 500, 350.0)\nrecord_run('DoRA', 250, 0.4, reused=True)")
+    course = _course(tmp_path, ("a.ipynb", ()))
+    monkeypatch.setenv("LOWRANK_PROFILE", "quick")
+    monkeypatch.setattr(sys, "argv", ["run_course.py", "--course", str(course), "--jobs", "1",
+                                      "--scratch", str(tmp_path / "out")])
+    run_course.main()
+    runs = json.loads((tmp_path / "out" / "course_times.json").read_text())["notebooks"]["a.ipynb"]["runs"]
+    assert runs == [{"description": "LoRA q,v", "steps": 500, "seconds": 350.0, "reused": False},
+                    {"description": "DoRA", "steps": 250, "seconds": 0.4, "reused": True}]
+    printed = capsys.readouterr().out
+    assert "1 run(s) trained, 350 s; 1 reused" in printed and "(reused: loaded, not trained)" in printed

@@ -18,7 +18,10 @@
 # Try each exercise before reading its solution. Every solution checks its answer with an `assert`.
 #
 # Exercise 1 trains DoRA twice at the size of notebook 04's runs in the full profile (as many steps): the committed
-# outputs come from that run, and its cell prints the number of steps and how long it took. In the quick profile the two runs
+# outputs come from that run, and its cell prints the number of steps and how long it took. The run with decay is
+# notebook 04's DoRA run (same model, data, draw of `A` and settings): when notebook 04 has run before on this
+# machine (as in `make course`, which runs 04 first), it is loaded instead of trained (`lowrank.run_cache`), and
+# the cell says so. In the quick profile the two runs
 # are 6 small steps each, enough to check the code, not to read the numbers. Exercises 2 and 3 run in well under a
 # second at the same size in both profiles.
 
