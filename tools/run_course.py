@@ -119,14 +119,15 @@ def print_table(timings: dict[str, dict]) -> None:
     names = [p for p in PHASES if any(p in t["phases"] for t in timings.values())]
     extra = sorted({p for t in timings.values() for p in t["phases"]} - set(PHASES))
     columns = names + extra + ["other"]
-    print(f"\n{'notebook':<56}{'total s':>9}" + "".join(f"{c:>13}" for c in columns))
+    widths = [max(13, len(c) + 2) for c in columns]
+    print(f"\n{'notebook':<56}{'total s':>9}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths)))
     for notebook, t in timings.items():
         values = [t["phases"].get(c, 0.0) for c in names + extra] + [t["other"]]
-        print(f"{notebook:<56}{t['seconds']:>9,.0f}" + "".join(f"{v:>13,.0f}" for v in values))
+        print(f"{notebook:<56}{t['seconds']:>9,.0f}" + "".join(f"{v:>{w},.0f}" for v, w in zip(values, widths)))
     total = sum(t["seconds"] for t in timings.values())
     sums = [sum(t["phases"].get(c, 0.0) for t in timings.values()) for c in names + extra]
     sums.append(sum(t["other"] for t in timings.values()))
-    print(f"{'all':<56}{total:>9,.0f}" + "".join(f"{v:>13,.0f}" for v in sums))
+    print(f"{'all':<56}{total:>9,.0f}" + "".join(f"{v:>{w},.0f}" for v, w in zip(sums, widths)))
 
 
 def print_runs(timings: dict[str, dict]) -> None:
