@@ -24,7 +24,8 @@
 # analysis (NVlabs/DoRA issue #15). You will write ΔM and ΔD, fine-tune three ways, draw the figure on this course's
 # model, and read where it agrees with the paper's and where it does not.
 #
-# About 13–25 min in the full profile, 2 min in quick, on a 2-core laptop CPU ([measured how](../docs/runtimes.md)).
+# Full profile on a 2-core CPU: about 23 min with bf16 hardware (fp32 `torch.mm` 91 GFLOP/s per thread),
+# 19 min in fp32 only (178 GFLOP/s); quick profile: 2 min in fp32 (90 GFLOP/s) ([measured how](../docs/runtimes.md)).
 # To switch, set `profile="quick"` (or `"full"`) in the next cell and run from the top.
 
 # %%
@@ -85,8 +86,8 @@ for label, (dm, dd) in synthetic.items():
 # %% [markdown]
 # ## 2. Fine-tune three ways and snapshot the weights
 #
-# Full fine-tuning, LoRA and DoRA (query and value adapters, r = 8, α = 16), the same data, order and number of steps.
-# We snapshot the effective query and value matrices of all layers at three intermediate steps and the final step.
+# Full fine-tuning, LoRA and DoRA (query and value adapters, r = 8, α = 16), the same data, order and number of steps;
+# LoRA and DoRA draw their `A` after the same seed, so they start from the same `A`. We snapshot the effective query and value matrices of all layers at three intermediate steps and the final step.
 #
 # These are new runs, not notebook 02's and 03's: they train for one pass over the training tweets, where 02 and 03
 # train for two. The figure needs only checkpoints that lie apart, and notebook 05's study keeps this budget as its
@@ -225,7 +226,7 @@ for kind in ("query", "value"):
 # more conditions.)
 
 # %% [markdown]
-# *Long cell* (about 6–8 min in the full profile, under a minute in quick): two more training runs. Interrupting the
+# *Long cell* (about 8½ min in the full profile in fp32, under a minute in quick): two more training runs. Interrupting the
 # kernel stops the cell.
 
 # %%
@@ -259,7 +260,7 @@ for label, (lr, seed) in variants.items():
 # above zero), and on query matrices it stays positive at the 3× learning rate and at the other seed: in this run a
 # positive slope alone does not set LoRA apart. What sets it apart here is how tightly its points follow a line: its
 # correlations are the highest of the three methods for each kind of matrix, and only its within-checkpoint
-# intervals lie wholly above zero. One geometric effect ties LoRA's ΔM to its ΔD: when nothing else acts
+# intervals lie clearly above zero (FT's Spearman intervals within checkpoints reach down to +0.00). One geometric effect ties LoRA's ΔM to its ΔD: when nothing else acts
 # on a row's norm, a step *perpendicular* to the row still lengthens it (Pythagoras:
 # `‖w + g⊥‖ − ‖w‖ ≈ ‖g⊥‖²/(2‖w‖)`), which is `‖w‖` times its direction change `1 − cos θ ≈ θ²/2`, so magnitude
 # follows direction. The effect acts on every method's rows; it can show most plainly in LoRA because less else pulls
@@ -267,13 +268,14 @@ for label, (lr, seed) in variants.items():
 # themselves and DoRA's the magnitude `m` (notebook 05 follows this up).
 #
 # **Full fine-tuning and DoRA.** Neither shows the paper's negative sign in the pooled rows of section 4's table:
-# all four pooled correlations (FT and DoRA, query and value) are positive, with intervals above zero. The paper's
-# sign is not reproduced here. Once the time trend is removed (the rows "within checkpoints"), three of FT's and
-# DoRA's four rows have intervals that include zero, so they give no sign. The exception is DoRA's value matrices,
-# negative by both Pearson and Spearman with intervals below zero: at a given checkpoint, the layers that turned
-# more than average tended to change their norm less than average. That is one row of twelve, on the value matrices
-# (the paper's figure shows query matrices only), from six layers, with rough intervals: a lead to follow, not a
-# finding.
+# three of the four pooled correlations (FT's query and value, DoRA's query) are positive, with intervals above
+# zero, and DoRA's value one is close to zero, with an interval that includes zero. The paper's sign is not
+# reproduced here. Once the time trend is removed (the rows "within checkpoints"), three of FT's and DoRA's four
+# rows have Pearson intervals that include zero, so they give no sign. The exception is DoRA's value matrices,
+# negative by both Pearson and Spearman (Pearson's interval lies below zero; Spearman's reaches +0.00): at a given
+# checkpoint, the layers that turned more than average tended to change their norm less than average. That is one
+# row of twelve, on the value matrices (the paper's Figure 2 shows query matrices only), from six layers, with rough
+# intervals: a lead to follow, not a finding.
 #
 # One difference from the paper's training is easy to measure: weight decay. AdamW's decoupled decay multiplies every
 # decayed weight by `(1 − lr·λ)` at each step, so what matters is the cumulative `λ·Σlr`. This notebook trains with
@@ -324,8 +326,8 @@ for label, spec in methods.items():
 # * A pooled correlation mixes the time trend with the differences between layers; the correlation within
 #   checkpoints separates them, and intervals must resample whole layers, not points.
 # * Section 4 prints where this course's signs agree with the paper's and where they do not: here LoRA's is
-#   positive, as in the paper, but so are FT's and DoRA's pooled correlations, negative in the paper; FT's stays
-#   positive at another learning rate and seed.
+#   positive, as in the paper, but so are FT's pooled correlations and DoRA's on the query matrices (its value one
+#   is near zero), negative in the paper; FT's stays positive at another learning rate and seed.
 # * A step perpendicular to a row also lengthens it, which ties ΔM to ΔD for LoRA; the cumulative weight decay
 #   `λ·Σlr` of these runs is far below the paper's (section 5 prints both), and notebook 05 asks whether that is
 #   what turns the slope.
@@ -334,8 +336,8 @@ for label, spec in methods.items():
 #
 # Times are for thinking and typing. Checked solutions: [solutions/04_solutions.ipynb](solutions/04_solutions.ipynb).
 #
-# 1. **The analysis with weight decay off** *(about 15 minutes, plus two training runs as long as section 2's DoRA
-#    run)*. This notebook trains
+# 1. **The analysis with weight decay off** *(about 15 minutes, plus one training run as long as section 2's DoRA
+#    run: the run with decay is section 2's DoRA run itself, which `train_once` loads when this notebook has run)*. This notebook trains
 #    with `lowrank.train`'s default weight decay, λ = 0.01. Predict how much of DoRA's magnitude change that decay
 #    makes (decay multiplies `m` by `1 − lr_t·λ` at each step; `lowrank.figure2.decay_factors` gives the product;
 #    pass `warmup_fraction=0.06`, `train()`'s default),

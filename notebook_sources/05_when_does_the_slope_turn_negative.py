@@ -36,7 +36,8 @@
 # regime size (5), the paper's own account (6; read it if you came for the DoRA paper), every statistic and the
 # mechanism (7), where the checkpoints sit (8), a re-run (9).
 #
-# About 1 min in the full profile, 1 min in quick, on a 2-core laptop CPU ([measured how](../docs/runtimes.md));
+# About ½ min in the full profile and in quick on a 2-core CPU, with bf16 hardware or in fp32 only (fp32 `torch.mm`
+# 90–178 GFLOP/s per thread; [measured how](../docs/runtimes.md));
 # the study it reads is made once by `make study`. To switch, set `profile="quick"` (or `"full"`) in the next cell
 # and run from the top.
 
@@ -146,7 +147,8 @@ print(f"1 - cos:     measured {row.dd_measured:.3e}; first order {row.dd_first_o
 # | precision | the setup line's (bf16 where it is fast) | fp32 always |
 #
 # So even `short_wd0`, the study's closest condition, differs from notebook 04's runs: another rank, α, adapter
-# learning rate, batch and warm-up, no decay at all, and fp32. Its signs need not be notebook 04's.
+# learning rate, batch and warm-up, no decay at all, and fp32 where notebook 04 trains under bf16. Its signs need not
+# be notebook 04's.
 #
 # **What the paper's code says.** The paper quotes its LoRA and FT numbers on VL-BART from VL-Adapter (Sung et al.,
 # 2022; its §5.2: "The result of LoRA and FT for both image/video-text tasks is directly quoted from (Sung et al.,

@@ -16,7 +16,8 @@
 # # 06 — Wrap-up: what the course showed, and what to read next
 #
 # This notebook trains nothing. It reads what notebooks 02, 03 and 04 and the study of notebook 05 saved in
-# `figures/` (the committed results, or whatever your own last runs wrote there: each table names its profile),
+# `figures/` (the committed results, or whatever your own last runs wrote there: the results of 02 and 03 name their
+# profile; the committed ones of 02 and 03 were made under bf16 autocast, 04's and the study's in fp32),
 # prints the headline numbers with what they can and cannot tell apart, sums up each notebook, and ends with a
 # reading list.
 #
@@ -160,9 +161,11 @@ if not_read:
 # not negative), and it stays negative when a rescaling that leaves the network's outputs unchanged
 # moves the large row norms to other layers: decay ties each layer's ΔM to its row norm, and FT's ΔD falls with the
 # norm. Without decay, a larger FT update, by more steps alone or a higher learning rate alone, left its slope
-# positive up to the largest update a healthy run reached. LoRA's slope stays positive (decay never reaches its frozen
+# positive up to the largest update a healthy run reached (settled for the higher learning rate; for more steps alone
+# the interval still includes zero). LoRA's slope stays positive (decay never reaches its frozen
 # `W0`). DoRA's evidence is weaker: its query slope
-# rests on a single layer and turns positive under the rescaling, and its value slope excludes zero in some
+# rests on a single layer and turns positive under the rescaling (not settled either way), and its value slope
+# excludes zero in some
 # conditions only. The paper's own account (its §4.2) and the decay account predict the same sign for most settled
 # runs (LoRA, and FT with decay), so those runs cannot tell them apart; the ones that do are runs without any weight
 # decay, a setting outside the paper's own training (which used decay), and there the settled signs are the decay

@@ -20,7 +20,8 @@
 # yours: measured live during a 🤗 Trainer run by a callback, and from its saved checkpoints by the command
 # `python -m lowrank.analyze`; the two must agree.
 #
-# About 1½ min in the full profile, ½ min in quick, on a 2-core laptop CPU ([measured how](../../docs/runtimes.md)).
+# Full profile on a 2-core CPU: about 1½ min with bf16 hardware (fp32 `torch.mm` 91 GFLOP/s per thread),
+# 1 min in fp32 only (178 GFLOP/s); quick profile: 20 s in fp32 (90 GFLOP/s) ([measured how](../../docs/runtimes.md)).
 # To switch profile, set `profile="quick"` (or `"full"`) in the next cell and run from the top.
 
 # %%

@@ -17,11 +17,12 @@
 #
 # Try each exercise before reading its solution. Every solution checks its answer with an `assert`.
 #
-# Exercise 1 trains DoRA twice at the size of notebook 04's runs in the full profile (as many steps): the committed
-# outputs come from that run, and its cell prints the number of steps and how long it took. The run with decay is
-# notebook 04's DoRA run (same model, data, draw of `A` and settings): when notebook 04 has run before on this
-# machine (as in `make course`, which runs 04 first), it is loaded instead of trained (`lowrank.run_cache`), and
-# the cell says so. In the quick profile the two runs
+# Exercise 1 trains DoRA twice at the size of notebook 04's runs in the full profile (as many steps), and its cell
+# prints the number of steps and how long it took. In the full profile the run with decay is notebook 04's DoRA run
+# (same model, data, draw of `A` and settings): when notebook 04 has run before on this machine (as in `make
+# course`, which runs 04 first), `train_once` loads that run instead of training it (notebook 04, section 2), and
+# the cell says so; the committed outputs show that case, so only the run without decay trained. With nothing to
+# reuse, both train: about twice as long. In the quick profile the two runs
 # are 6 small steps each, enough to check the code, not to read the numbers. Exercises 2 and 3 run in well under a
 # second at the same size in both profiles.
 
@@ -103,7 +104,7 @@ for decay in (weight_decay, 0.0):
     runs[decay] = {"magnitudes": {name: layer.magnitude.detach().clone() for name, layer in lowrank.adapter_layers(candidate)},
                    "snapshots": run.snapshots}
 print(f"{profile.name} profile: DoRA with and without decay, {steps} steps of batch {batch_size} each; "
-      f"{time.perf_counter() - started:.0f} s here for both (a run reused from notebook 04 loads in seconds)")
+      f"{time.perf_counter() - started:.0f} s here for both")
 
 c = decay_factors(lr, weight_decay, steps, warmup_fraction)[-1]
 m0 = {name: w.norm(dim=1) for name, w in pretrained.items()}
@@ -141,8 +142,10 @@ assert all(-1 <= c.value <= 1 for c in correlations.values())
 # %% [markdown]
 # Whether the correlation changes is the question the intervals answer, roughly: where they overlap, these two runs
 # give no clear evidence that the correlations differ (with six layers the intervals are rough, and overlapping
-# intervals are not a formal test). Decay's share of ΔM, printed above, says how much of the magnitude change decay
-# makes at all; at notebook 04's budget `λ·Σ lr` is small (notebook 04 prints it next to the paper's estimate), so a
+# intervals are not a formal test). "Decay's part", printed above, is the size of decay's shift `|(c − 1)·m0|` next
+# to ΔM, not the part of ΔM that decay makes: ΔM itself moved little when decay was switched off (the same line
+# prints both), because ΔM averages `|m_t − m0|`, and a uniform shrink lengthens the moves of rows that shrank while
+# it shortens those of rows that grew. At notebook 04's budget `λ·Σ lr` is small (notebook 04 prints it next to the paper's estimate), so a
 # small effect on the slope is what to expect, though not guaranteed: a shift in proportion to each row's norm can
 # still reorder layers whose ΔM are close. Notebook 05 raises decay to the paper's cumulative
 # strength and reads what that does to the slope. To repeat this for full fine-tuning, train the backbone itself
