@@ -21,7 +21,7 @@
 # count what it trains, merge it away for inference, and check three things in LoRA code found online, using the
 # article this course grew out of. On a first pass, sections 2–5 are the core; 1 and 6 can wait.
 #
-# Full profile on a 2-core CPU: about 1½ min with bf16 hardware (fp32 `torch.mm` 148 GFLOP/s per thread),
+# Full profile on a 2-core CPU: about 1¼ min with bf16 hardware (fp32 `torch.mm` 148 GFLOP/s per thread),
 # 1½ min in fp32 only (160 GFLOP/s); quick profile: ½ min in fp32 (90 GFLOP/s) ([measured how](../docs/runtimes.md)).
 # To switch, pass `profile="quick"` (live class) or `"full"` (self-study, the saved outputs) in the next cell and
 # run from the top.

@@ -327,7 +327,7 @@ for label, spec in methods.items():
 #   checkpoints separates them, and intervals must resample whole layers, not points.
 # * Section 4 prints where this course's signs agree with the paper's and where they do not: here LoRA's is
 #   positive, as in the paper, but so are FT's pooled correlations and DoRA's on the query matrices (its value one
-#   is near zero), negative in the paper; FT's stays positive at another learning rate and seed.
+#   is near zero), which the paper reports as negative; FT's stays positive at another learning rate and seed.
 # * A step perpendicular to a row also lengthens it, which ties ΔM to ΔD for LoRA; the cumulative weight decay
 #   `λ·Σlr` of these runs is far below the paper's (section 5 prints both), and notebook 05 asks whether that is
 #   what turns the slope.
@@ -337,9 +337,10 @@ for label, spec in methods.items():
 # Times are for thinking and typing. Checked solutions: [solutions/04_solutions.ipynb](solutions/04_solutions.ipynb).
 #
 # 1. **The analysis with weight decay off** *(about 15 minutes, plus one training run as long as section 2's DoRA
-#    run: the run with decay is section 2's DoRA run itself, which `train_once` loads when this notebook has run)*. This notebook trains
-#    with `lowrank.train`'s default weight decay, λ = 0.01. Predict how much of DoRA's magnitude change that decay
-#    makes (decay multiplies `m` by `1 − lr_t·λ` at each step; `lowrank.figure2.decay_factors` gives the product;
+#    run: the run with decay is section 2's DoRA run itself, which `train_once` loads when called with section 2's
+#    exact settings after this notebook has run, as the solution does)*. This notebook trains with
+#    `lowrank.train`'s default weight decay, λ = 0.01. Predict how far that decay shifts DoRA's magnitudes (decay
+#    multiplies `m` by `1 − lr_t·λ` at each step; `lowrank.figure2.decay_factors` gives the product;
 #    pass `warmup_fraction=0.06`, `train()`'s default),
 #    then train DoRA twice from the same start, with `weight_decay=0.01` and `weight_decay=0`, and compare the
 #    magnitudes and the correlations.

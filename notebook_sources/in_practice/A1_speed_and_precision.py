@@ -21,7 +21,7 @@
 # number is measured on your machine as the notebook runs, except bf16's speed on a machine that would only emulate
 # bf16: section 7 then shows a committed measurement and names the machine it came from.
 #
-# Full profile on a 2-core CPU: about 1½ min with bf16 hardware (fp32 `torch.mm` 91 GFLOP/s per thread),
+# Full profile on a 2-core CPU: about 1¼ min with bf16 hardware (fp32 `torch.mm` 91 GFLOP/s per thread),
 # ½ min in fp32 only (160 GFLOP/s); quick profile: ½ min in fp32 (90 GFLOP/s) ([measured how](../../docs/runtimes.md)).
 # To switch profile, set `profile="quick"` (or `"full"`) in the next cell and run from the top.
 

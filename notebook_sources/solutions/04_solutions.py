@@ -120,7 +120,7 @@ assert abs(measured / predicted - 1) < 0.3, "decay's effect on m should be (c - 
 
 # %% [markdown]
 # The prediction holds to first order (the `assert` allows a relative error of `0.3`: decay also shrinks `A`, `B` and the head, which
-# changes the gradients a little). What share of ΔM it is depends on the budget: `1 − c ≈ λ·Σ lr_t` grows with
+# changes the gradients a little). How large decay's shift is next to ΔM depends on the budget: `1 − c ≈ λ·Σ lr_t` grows with
 # every step, while Adam's moves of `m` partly cancel. Now the analysis itself, on the query matrices
 # at four checkpoints (as the paper's figure), for both runs, with notebook 04's layer-bootstrap intervals:
 
@@ -144,9 +144,9 @@ assert all(-1 <= c.value <= 1 for c in correlations.values())
 # give no clear evidence that the correlations differ (with six layers the intervals are rough, and overlapping
 # intervals are not a formal test). "Decay's part", printed above, is the size of decay's shift `|(c − 1)·m0|` next
 # to ΔM, not the part of ΔM that decay makes: ΔM itself moved little when decay was switched off (the same line
-# prints both), because ΔM averages `|m_t − m0|`, and a uniform shrink lengthens the moves of rows that shrank while
-# it shortens those of rows that grew. At notebook 04's budget `λ·Σ lr` is small (notebook 04 prints it next to the paper's estimate), so a
-# small effect on the slope is what to expect, though not guaranteed: a shift in proportion to each row's norm can
+# prints both), because ΔM averages `|m_t − m0|`, and a proportional shrink (the same factor `c` on every row)
+# lengthens the moves of rows that shrank while it shortens those of rows that grew. At notebook 04's budget
+# `λ·Σ lr` is small (notebook 04 prints it next to the paper's estimate), so a small effect on the slope is what to expect, though not guaranteed: a shift in proportion to each row's norm can
 # still reorder layers whose ΔM are close. Notebook 05 raises decay to the paper's cumulative
 # strength and reads what that does to the slope. To repeat this for full fine-tuning, train the backbone itself
 # (no adapters, lr 1e-4) and compare the query weights' row norms instead of `m`.
