@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lowrank.adapter_files.atomic import replace_file
 from lowrank.magnitude_direction import (
     MagnitudeDirectionPoint,
     layer_index,
@@ -383,9 +384,7 @@ MECHANISM_COLUMNS = [f.name for f in fields(MechanismRow)]
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    replace_file(path, lambda staged: staged.write_text(text))
 
 
 def _csv_text(columns: list[str], rows: list[dict]) -> str:
