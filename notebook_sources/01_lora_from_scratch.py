@@ -21,8 +21,8 @@
 # count what it trains, merge it away for inference, and check three things in LoRA code found online, using the
 # article this course grew out of. On a first pass, sections 2–5 are the core; 1 and 6 can wait.
 #
-# Full profile on a 2-core CPU: about 1¼ min with bf16 hardware (fp32 `torch.mm` 148 GFLOP/s per thread),
-# 1½ min in fp32 only (160 GFLOP/s); quick profile: ½ min in fp32 (90 GFLOP/s) ([measured how](../docs/runtimes.md)).
+# About 1½ min in the full profile on a 2-core CPU, with or without bf16 hardware, and ½ min in quick
+# ([measured how, and at which speeds](../docs/runtimes.md)).
 # To switch, pass `profile="quick"` (live class) or `"full"` (self-study, the saved outputs) in the next cell and
 # run from the top.
 

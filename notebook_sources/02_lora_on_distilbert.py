@@ -21,8 +21,8 @@
 # fine-tune on the same data and budget: the classification head only, LoRA on query and value, LoRA on every
 # linear layer, and full fine-tuning, and how to tell which differences are real.
 #
-# Full profile on a 2-core CPU: about 34 min with bf16 hardware (fp32 `torch.mm` 91 GFLOP/s per thread),
-# 31 min in fp32 only (160 GFLOP/s); quick profile: 2½ min in fp32 (90 GFLOP/s) ([measured how](../docs/runtimes.md)).
+# About half an hour in the full profile on a 2-core CPU (34 min with bf16 hardware, 31 min without, on machines of
+# different speeds) and 2½ min in quick ([measured how, and at which speeds](../docs/runtimes.md)).
 # To switch, pass `profile="quick"` (live class) or `"full"` (self-study, the saved outputs) in the next cell and
 # run from the top.
 

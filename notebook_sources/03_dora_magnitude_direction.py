@@ -41,8 +41,8 @@
 # paper's detached norm saves, check the layer against PEFT, train it against LoRA, and read the paper's gradient
 # argument in code.
 #
-# Full profile on a 2-core CPU: about 13 min with bf16 hardware (fp32 `torch.mm` 91 GFLOP/s per thread),
-# 14 min in fp32 only (160 GFLOP/s); quick profile: 1 min in fp32 (90 GFLOP/s) ([measured how](../docs/runtimes.md)).
+# About 9–14 min in the full profile on a 2-core CPU, with or without bf16 hardware, and 1 min in quick
+# ([measured how, and at which speeds](../docs/runtimes.md)).
 # To switch, set `profile="quick"` (or `"full"`) in the next cell and run from the top.
 
 # %%

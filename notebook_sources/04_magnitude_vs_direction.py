@@ -24,8 +24,8 @@
 # analysis (NVlabs/DoRA issue #15). You will write ΔM and ΔD, fine-tune three ways, draw the figure on this course's
 # model, and read where it agrees with the paper's and where it does not.
 #
-# Full profile on a 2-core CPU: about 23 min with bf16 hardware (fp32 `torch.mm` 91 GFLOP/s per thread),
-# 19 min in fp32 only (178 GFLOP/s); quick profile: 2 min in fp32 (90 GFLOP/s) ([measured how](../docs/runtimes.md)).
+# About 20 min in the full profile on a 2-core CPU (23 min with bf16 hardware, 19 min without, on machines of
+# different speeds) and 2 min in quick ([measured how, and at which speeds](../docs/runtimes.md)).
 # To switch, set `profile="quick"` (or `"full"`) in the next cell and run from the top.
 
 # %%
@@ -92,10 +92,9 @@ for label, (dm, dd) in synthetic.items():
 # These are new runs, not notebook 02's and 03's: they train for one pass over the training tweets, where 02 and 03
 # train for two. The figure needs only checkpoints that lie apart, and notebook 05's study keeps this budget as its
 # short regime, while 02's learning curves show the second pass still adding validation accuracy, which 02 and 03
-# compare. `train_once` is `train` that keeps each finished run (its weights, losses and snapshots) under
-# `build/run_cache/` and loads it, instead of training again, when the very same run (same starting weights, data and
-# settings) is asked for again: the solutions to this notebook ask for this DoRA run again, and re-running a cell
-# costs seconds. It prints a line when it reuses a run; `LOWRANK_RUN_CACHE=off` trains every time.
+# compare. `train_once` is `train` that keeps each finished run and loads it when the very same run is asked for
+# again, as the solutions to this notebook ask for this DoRA run (it prints a line when it does;
+# [the package](../docs/package.md) says how it works).
 
 # %% [markdown]
 # *Long cell* (about 7–14 min in the full profile, 1 min in quick): three training runs, one after the other.
@@ -226,7 +225,7 @@ for kind in ("query", "value"):
 # more conditions.)
 
 # %% [markdown]
-# *Long cell* (about 8½ min in the full profile in fp32, under a minute in quick): two more training runs. Interrupting the
+# *Long cell* (about 8½ min in the full profile, under a minute in quick): two more training runs. Interrupting the
 # kernel stops the cell.
 
 # %%

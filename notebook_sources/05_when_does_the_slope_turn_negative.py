@@ -36,8 +36,8 @@
 # regime size (5), the paper's own account (6; read it if you came for the DoRA paper), every statistic and the
 # mechanism (7), where the checkpoints sit (8), a re-run (9).
 #
-# About ½ min in the full profile and in quick on a 2-core CPU, with bf16 hardware or in fp32 only (fp32 `torch.mm`
-# 90–178 GFLOP/s per thread; [measured how](../docs/runtimes.md));
+# About ½ min in the full profile and in quick on a 2-core CPU, with or without bf16 hardware
+# ([measured how](../docs/runtimes.md));
 # the study it reads is made once by `make study`. To switch, set `profile="quick"` (or `"full"`) in the next cell
 # and run from the top.
 
