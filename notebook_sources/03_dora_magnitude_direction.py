@@ -355,10 +355,11 @@ print("max |logit difference| vs PEFT DoRA < 1e-5:", difference < 1e-5)
 #
 # Query and value adapters, rank 8, α = 16, the same learning rate, data, order and epochs as notebook 02's LoRA
 # run. DoRA adds one trainable number per output feature (the magnitude). The LoRA run repeats notebook 02's LoRA
-# q,v run except for the random draw of `A`, so the wrap-up (notebook 06) can set the two LoRA runs side by side.
+# q,v run except for the random draw of `A` (and, if the two notebooks run on different machines, their arithmetic),
+# so the wrap-up (notebook 06) can set the two LoRA runs side by side.
 
 # %% [markdown]
-# *Long cell* (about 12 min in the full profile, half a minute in quick): two training runs, LoRA then DoRA.
+# *Long cell* (about 9–12 min in the full profile, half a minute in quick): two training runs, LoRA then DoRA.
 # Interrupting the kernel stops the cell.
 
 # %%

@@ -93,8 +93,10 @@ for i, first in enumerate(trained):
 # ## DoRA against LoRA (notebook 03)
 #
 # Notebook 03 trained LoRA on the query and value matrices again, with notebook 02's settings except the random draw
-# of `A`, and DoRA on the same budget. The two LoRA runs show how far a change of random numbers alone moves one
-# method's accuracy: the yardstick for DoRA's difference from LoRA.
+# of `A`, and DoRA on the same budget. The two LoRA runs show how far such a change moves one method's accuracy: the
+# yardstick for DoRA's difference from LoRA. If the two notebooks ran on different machines, their arithmetic differs
+# too (bf16 matrix products are computed differently on different CPUs), and the yardstick mixes both; the last line
+# below says where each ran.
 
 # %%
 saved_03 = json.loads((FIGURES / "03_results.json").read_text())
@@ -106,9 +108,17 @@ if correctness(saved_03, "lora") and correctness(saved_03, "dora"):
     print(f"LoRA vs DoRA: {mcnemar(correctness(saved_03, 'lora'), correctness(saved_03, 'dora'))}")
 if saved_03["profile"] == saved["profile"]:
     print(f"LoRA q,v in notebook 02: {lora_02:.1%}; the two LoRA runs differ by {100 * abs(lora_02 - lora_03):.1f} "
-          "points, with only the draw of A changed")
+          "points (03 draws A anew)")
     if correctness(saved, "LoRA q,v r=8") and correctness(saved_03, "lora"):
         print(f"LoRA q,v in 02 vs in 03: {mcnemar(correctness(saved, 'LoRA q,v r=8'), correctness(saved_03, 'lora'))}")
+    course_times = json.loads((FIGURES / "course_times.json").read_text())["notebooks"] \
+        if (FIGURES / "course_times.json").exists() else {}
+    where = [f"{name[:2]} in {entry['precision']} (fp32 torch.mm {entry['matmul_gflops_fp32']}, bf16 "
+             f"{entry.get('matmul_gflops_bf16', '?')} GFLOP/s per thread)"
+             for name, entry in ((n, course_times.get(f"notebooks/{n}.ipynb")) for n in
+                                 ("02_lora_on_distilbert", "03_dora_magnitude_direction")) if entry]
+    if where:
+        print("where they ran:", "; ".join(where))
 else:
     print("notebooks 02 and 03 saved results of different profiles: run both in one profile to compare")
 

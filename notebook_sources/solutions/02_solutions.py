@@ -102,7 +102,8 @@ for (a, b), comparison in comparisons.items():  # only the discordant tweets sep
 # right count, and a p-value above 0.05 means this test set cannot tell the two ranks apart. In the full profile
 # each accuracy has a standard error of about a point (1,000 test tweets; notebook 02, section 6), so a gap under
 # ~2 points between two ranks is not resolvable whatever its sign. Each rank trained once, with one seed, so this
-# compares three trained models, not three ranks in general. In the quick profile the runs are 4 steps long and
+# compares three trained models, not three ranks in general: if the accuracies happen to rise with the rank, read the
+# rank 1 against rank 16 line before believing that a larger rank did better. In the quick profile the runs are 4 steps long and
 # the test set 64 tweets: the table shows the code working, not an answer.
 #
 # ## Exercise 3 — Classify your own sentences
